@@ -1,0 +1,88 @@
+"""
+The server's Prometheus metrics, one L{ServerMetrics} per server.
+
+Each server owns its own L{prometheus_client.CollectorRegistry} instead of
+the library's global default registry, so two servers in one process (tests,
+the demo) never share counters.
+
+Hot-path code updates these once per chunk or per batch (C{inc(n)}), never
+once per line: an update takes a lock.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .reading import DIALECTS
+
+__all__ = ["ServerMetrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+_COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class ServerMetrics:
+    """
+    Every metric a sensornet server exports, registered in C{self.registry}.
+
+    Attribute names follow the metric names without the C{sensornet_} prefix.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.connectionsOpen = Gauge(
+            "sensornet_connections_open", "Sensor connections open now.", registry=r
+        )
+        self.connections = Counter(
+            "sensornet_connections", "Sensor connections accepted.", registry=r
+        )
+        self.readingsReceived = Counter(
+            "sensornet_readings_received", "Readings parsed, by dialect.", ["dialect"], registry=r
+        )
+        self.readingsStored = Counter(
+            "sensornet_readings_stored", "Readings newly stored (committed).", registry=r
+        )
+        self.readingsDuplicate = Counter(
+            "sensornet_readings_duplicate",
+            "Readings already stored under the same (sensor, seq): dropped and acknowledged.",
+            registry=r,
+        )
+        self.linesRejected = Counter(
+            "sensornet_lines_rejected", "Malformed lines answered with an error, by dialect.",
+            ["dialect"], registry=r,
+        )
+        self.linesOversized = Counter(
+            "sensornet_lines_oversized", "Connections closed for a line over the maximum length.",
+            registry=r,
+        )
+        self.ackLatency = Histogram(
+            "sensornet_ack_latency_seconds",
+            "From receiving a chunk of readings to sending their acknowledgements.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batchSize = Histogram(
+            "sensornet_batch_size", "Readings per committed batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.commitSeconds = Histogram(
+            "sensornet_commit_seconds", "Time to write and commit one batch.",
+            buckets=_COMMIT_BUCKETS, registry=r,
+        )
+        self.commitFailures = Counter(
+            "sensornet_commit_failures", "Batches whose commit failed (nothing in them acknowledged).",
+            registry=r,
+        )
+        self.writerBacklog = Gauge(
+            "sensornet_writer_backlog", "Readings waiting to be committed.", registry=r
+        )
+        self.transportsPaused = Gauge(
+            "sensornet_transports_paused", "Connections whose reading is paused for backpressure.",
+            registry=r,
+        )
+        # Create the labelled children up front so every dialect shows, at 0,
+        # from the first scrape.
+        for dialect in DIALECTS:
+            self.readingsReceived.labels(dialect)
+            self.linesRejected.labels(dialect)
+        self.linesRejected.labels("unknown")
