@@ -1,0 +1,3 @@
+"""
+Placeholder: the real PostgreSQL fixture lands with the storage work.
+"""
