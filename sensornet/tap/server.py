@@ -1,0 +1,90 @@
+"""
+C{twistd sensornet-server}: options and L{makeService} for the server role.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.python import usage
+
+from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
+
+
+class Options(usage.Options):
+    """
+    The server's command line; see C{twistd sensornet-server --help}.
+    """
+
+    synopsis = "[--listen ENDPOINT]... [--store URL] [--http ENDPOINT|none] [--no-log-readings]"
+    longdesc = (
+        "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
+        "exactly once and acknowledge it once stored. ENDPOINTs are Twisted endpoint strings: "
+        "tcp:5000, tcp:5000:interface=127.0.0.1, ssl:5000:privateKey=key.pem:certKey=cert.pem, unix:/path."
+    )
+
+    optParameters = [
+        ["store", None, DEFAULT_STORE,
+         "Where readings are stored: sqlite:PATH, postgresql://USER:PASS@HOST:PORT/DB, or 'none' "
+         "(acknowledge once parsed, store nothing)."],
+        ["http", None, DEFAULT_HTTP,
+         "Endpoint for the HTTP API, metrics and dashboard, or 'none'."],
+        ["max-batch", None, 5000, "Most readings committed in one transaction.", int],
+        ["max-delay", None, 0.002, "Seconds a batch may wait to gather readings.", float],
+    ]
+
+    optFlags = [
+        ["no-log-readings", None, "Do not log each received reading (connections are still logged)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"]: List[str] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Endpoint to accept sensors on (default tcp:5000); may be given more
+        than once.
+        """
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if self["store"] != "none":
+            from ..store import parseStoreURL
+
+            try:
+                parseStoreURL(self["store"])
+            except ValueError as e:
+                raise usage.UsageError(f"--store: {e}")
+        if self["max-batch"] < 1:
+            raise usage.UsageError("--max-batch must be at least 1")
+        if self["max-delay"] < 0:
+            raise usage.UsageError("--max-delay must not be negative")
+
+    def toConfig(self) -> ServerConfig:
+        """
+        The parsed options as the L{ServerConfig} the server is built from.
+        """
+        http: Optional[str] = self["http"]
+        if http is not None and http.strip().lower() == "none":
+            http = None
+        return ServerConfig(
+            listen=list(self["listen"]),
+            http=http,
+            store=self["store"],
+            logReadings=not self["no-log-readings"],
+            maxBatch=self["max-batch"],
+            maxDelay=self["max-delay"],
+        )
+
+
+def makeService(options: Options, reactor: Any = None) -> SensorServerService:
+    """
+    Build the server from parsed options. C{reactor} defaults to the global
+    one only here, at the edge where twistd calls in.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    return SensorServerService(options.toConfig(), reactor)
