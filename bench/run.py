@@ -1,0 +1,112 @@
+"""
+sensornet's throughput benchmark: one command, ratios against a baseline
+measured in the same run.
+
+    python bench/run.py [--total N] [--connections C] [--pg postgresql://...]
+
+Each server runs in its own process on 127.0.0.1; the load generator
+(bench/loadgen.py) runs in another and sends pipelined native lines with
+seqs, counting acknowledgements. Rows:
+
+- baseline: a bare Twisted server acking each line (bench/baseline_server.py)
+- parse+ack: sensornet with --store none (parsed, acknowledged, not stored)
+- sqlite: sensornet storing into SQLite, acking after commit
+- postgresql: the same into PostgreSQL (with --pg URL)
+
+Nothing here asserts a speed: it prints numbers and ratios to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def waitPort(port: int, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"server on port {port} did not start")
+
+
+def sensornetCommand(port: int, store: str, workdir: str) -> list:
+    return [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "-n", "--pidfile=", "--logfile", os.path.join(workdir, "server.log"),
+        "sensornet-server", "--listen", f"tcp:{port}:interface=127.0.0.1", "--http", "none",
+        "--store", store, "--no-log-readings",
+    ]
+
+
+def measure(name: str, command: list, port: int, args: argparse.Namespace) -> dict:
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        waitPort(port)
+        load = subprocess.run(
+            [sys.executable, os.path.join(HERE, "loadgen.py"), "--port", str(port),
+             "--connections", str(args.connections), "--total", str(args.total),
+             "--seconds", str(args.seconds)],
+            capture_output=True, text=True, timeout=args.seconds + 60,
+        )
+        if load.returncode != 0:
+            raise SystemExit(f"{name}: load generator failed: {load.stderr}")
+        result = json.loads(load.stdout)
+        result["name"] = name
+        return result
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--total", type=int, default=300_000, help="lines per row (default 300000)")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60.0, help="time limit per row")
+    parser.add_argument("--pg", help="PostgreSQL URL for the postgresql row (its database is written to)")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sensornet-bench-") as workdir:
+        port = freePort()
+        rows.append(measure("baseline", [sys.executable, os.path.join(HERE, "baseline_server.py"), str(port)], port, args))
+        port = freePort()
+        rows.append(measure("parse+ack", sensornetCommand(port, "none", workdir), port, args))
+        port = freePort()
+        store = "sqlite:" + os.path.join(workdir, "bench.db")
+        rows.append(measure("sqlite", sensornetCommand(port, store, workdir), port, args))
+        if args.pg:
+            port = freePort()
+            rows.append(measure("postgresql", sensornetCommand(port, args.pg, workdir), port, args))
+
+    base = rows[0]["rate"] or 1.0
+    print(f"{'row':<12} {'readings/s':>12} {'vs baseline':>12} {'acked':>10} {'seconds':>8}")
+    for row in rows:
+        print(f"{row['name']:<12} {row['rate']:>12,.0f} {row['rate'] / base:>12.3f} {row['acked']:>10} {row['seconds']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

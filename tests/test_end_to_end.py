@@ -1,0 +1,187 @@
+"""
+End to end over real loopback sockets, in the test reactor: the server
+service, the simulated sensors, a seed-style blocking client, many
+concurrent connections, a server restart under a streaming sensor.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import sqlite3
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.protocols.basic import LineOnlyReceiver
+
+from sensornet.client import SimulatedSensor
+from sensornet.server import SensorServerService, ServerConfig
+from sensornet.simulate import KINDS
+
+TIMEOUT = 30
+
+
+def startServer(reactor, store="none", port=0, **kw):
+    config = ServerConfig(listen=[f"tcp:{port}:interface=127.0.0.1"], http=None, store=store, **kw)
+    service = SensorServerService(config, reactor)
+    service.startService()
+    return service
+
+
+@defer.inlineCallbacks
+def listeningPort(service):
+    ports = yield service.whenListening()
+    return ports[0].getHost().port
+
+
+def makeSensor(reactor, port, name, kind, interval, seed=1):
+    from twisted.internet.endpoints import clientFromString
+
+    return SimulatedSensor(
+        name, kind, KINDS[kind], clientFromString(reactor, f"tcp:host=127.0.0.1:port={port}"),
+        reactor, interval=interval, rng=random.Random(seed),
+    )
+
+
+@defer.inlineCallbacks
+def waitFor(reactor, predicate, timeout=TIMEOUT, step=0.02):
+    """
+    Poll C{predicate} until true; fail after C{timeout} seconds.
+    """
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        yield task.deferLater(reactor, step, lambda: None)
+        waited += step
+
+
+def storedSeqs(path, sensor):
+    db = sqlite3.connect(path)
+    try:
+        return [row[0] for row in db.execute("SELECT seq FROM readings WHERE sensor = ? ORDER BY seq", (sensor,))]
+    finally:
+        db.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_server_and_both_seed_sensors_with_acknowledgements(reactor, tmp_path):
+    """
+    The demo's shape: a temperature and a humidity sensor stream to one
+    server; every reading they produce is acknowledged and stored once.
+    """
+    db = str(tmp_path / "e2e.db")
+    server = startServer(reactor, store=f"sqlite:{db}")
+    port = yield listeningPort(server)
+    temperature = makeSensor(reactor, port, "Sensor1", "temperature", 0.05)
+    humidity = makeSensor(reactor, port, "Sensor2", "humidity", 0.075)
+    temperature.startService()
+    humidity.startService()
+    try:
+        yield waitFor(reactor, lambda: temperature.connections and humidity.connections)
+        yield task.deferLater(reactor, 0.6, lambda: None)
+    finally:
+        temperature.loop.stop()
+        humidity.loop.stop()
+    yield waitFor(reactor, lambda: not len(temperature.outbox) and not len(humidity.outbox))
+    yield temperature.stopService()
+    yield humidity.stopService()
+    yield server.stopService()
+    for sensor in (temperature, humidity):
+        seqs = storedSeqs(db, sensor.name)
+        assert len(seqs) >= 5
+        assert seqs == list(range(seqs[0], sensor.nextSeq))
+    assert set(server.factory.connectedSensors()) == set()
+
+
+@pytest_twisted.inlineCallbacks
+def test_seed_style_blocking_client_is_answered(reactor):
+    """
+    A client written for the seed's server: sendall() without a newline,
+    then a blocking recv() for the reply.
+    """
+    server = startServer(reactor)
+    port = yield listeningPort(server)
+
+    def seedClient():
+        replies = []
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            for message in ("Sensor1 - Temperatura: 25.34°C", "Sensor1 - Temperatura: 25.80°C"):
+                s.sendall(message.encode("utf-8"))
+                replies.append(s.recv(1024).decode("utf-8"))
+        return replies
+
+    try:
+        replies = yield threads.deferToThread(seedClient).addTimeout(TIMEOUT, reactor)
+    finally:
+        yield server.stopService()
+    assert replies == ["Dados recebidos com sucesso.\n"] * 2
+
+
+class AckWaiter(LineOnlyReceiver):
+    delimiter = b"\n"
+
+    def __init__(self, seq):
+        self.seq = seq
+        self.acked = defer.Deferred()
+
+    def connectionMade(self):
+        self.sendLine(b"temperature,sensor=c%d value=21.5,seq=%di" % (self.seq, self.seq))
+
+    def lineReceived(self, line):
+        if not self.acked.called:
+            self.acked.callback(line)
+
+
+@pytest_twisted.inlineCallbacks
+def test_500_concurrent_connections_served_by_one_reactor(reactor):
+    server = startServer(reactor, logReadings=False)
+    port = yield listeningPort(server)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    protocols = []
+    try:
+        connecting = [connectProtocol(endpoint, AckWaiter(i)) for i in range(500)]
+        protocols = yield defer.gatherResults(connecting).addTimeout(TIMEOUT, reactor)
+        acks = yield defer.gatherResults([p.acked for p in protocols]).addTimeout(TIMEOUT, reactor)
+        assert acks == [b"ack %d" % i for i in range(500)]
+        assert server.metrics.connectionsOpen._value.get() == 500
+        assert len(server.factory.connectedSensors()) == 500
+    finally:
+        for p in protocols:
+            p.transport.loseConnection()
+        yield waitFor(reactor, lambda: not server.factory.protocols)
+        yield server.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_sensor_resends_what_it_held_after_the_server_restarts(reactor, tmp_path):
+    """
+    The server goes away while a sensor streams; the sensor keeps its
+    readings, reconnects by itself when a server is back on the port, and
+    every reading ends up stored exactly once.
+    """
+    db = str(tmp_path / "restart.db")
+    server = startServer(reactor, store=f"sqlite:{db}")
+    port = yield listeningPort(server)
+    sensor = makeSensor(reactor, port, "restarter", "temperature", 0.05)
+    sensor.startService()
+    try:
+        yield waitFor(reactor, lambda: sensor.connections == 1)
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        yield server.stopService()
+        yield waitFor(reactor, lambda: sensor.protocol is None)
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        held = len(sensor.outbox)
+        assert held >= 5
+        server = startServer(reactor, store=f"sqlite:{db}", port=port)
+        yield waitFor(reactor, lambda: sensor.connections >= 2)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+    finally:
+        sensor.loop.stop()
+    yield waitFor(reactor, lambda: not len(sensor.outbox))
+    yield sensor.stopService()
+    yield server.stopService()
+    seqs = storedSeqs(db, "restarter")
+    assert seqs == list(range(seqs[0], sensor.nextSeq))
