@@ -1,0 +1,159 @@
+"""
+Properties of the dialect parsers over generated input: no bytes make
+L{parseLine} raise, every result keeps the promises of L{Reading} and
+L{LineError}, L{formatNative} and L{parseLine} are inverses, and the fast
+native paths agree with the thorough one.
+"""
+
+import math
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from sensornet.dialects import formatNative, parseLine
+from sensornet.dialects._common import IMPLIED_UNITS
+from sensornet.dialects.native import parseCanonical, parseFast, parseSlow
+from sensornet.reading import DIALECTS, LineError, Reading
+
+FAST = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def checkResult(result):
+    """
+    Assert C{result} keeps every promise a L{Reading} or L{LineError} makes.
+    """
+    if isinstance(result, LineError):
+        assert isinstance(result.message, str) and result.message
+        assert "\n" not in result.message and "\r" not in result.message
+        assert not result.message.startswith("internal"), result
+        assert len(result.message) < 200
+        assert result.dialect in DIALECTS or result.dialect == "unknown"
+        assert result.seq is None or (type(result.seq) is int and 0 <= result.seq < 2**63)
+        return
+    assert isinstance(result, Reading), result
+    assert type(result.value) is float and math.isfinite(result.value)
+    assert 1 <= len(result.sensor) <= 128
+    assert 1 <= len(result.kind) <= 64
+    assert len(result.unit) <= 16
+    for name in (result.sensor, result.kind, result.unit):
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name)
+    assert result.kind == result.kind.lower()
+    assert result.dialect in DIALECTS
+    assert result.seq is None or (type(result.seq) is int and 0 <= result.seq < 2**63)
+    assert result.ts is None or (type(result.ts) is float and math.isfinite(result.ts))
+    assert (result.peer, result.received_at) == ("", 0.0)
+
+
+@FAST
+@given(st.binary(max_size=300))
+def test_anyBytes(line):
+    """
+    Any bytes at all give a reading or an error, never an exception.
+    """
+    checkResult(parseLine(line))
+
+
+# Pieces of valid lines of every dialect, and junk, to be shaken together.
+TOKENS = [
+    b"temperature", b"humidity", b"Sensor1", b"client-1", b"sensors.", b".", b",", b"=", b" ", b"\t",
+    b"\\", b'"', b"\\ ", b"\\,", b"\\=", b'\\"', b"\\\\", b"sensor=", b"host=", b"unit=", b"C", b"%",
+    b"value=", b"seq=", b"42i", b"42u", b"-1i", b"9223372036854775808i", b"25.34", b"-0.5e3", b"1e999",
+    b"nan", b"inf", b"true", b"9" * 25, b"1718100942123456789", b"1718100942", b"-1", b"N", b" - ",
+    b"Temperatura:", b"Umidade:", "°C".encode(), "ºC".encode(), b"%", b",", b";tag=x", b"\r", b"\x00",
+    b"\x1f", b"\x7f", b"\xc2\x85", b"\xff", "é".encode(), b"\xe9", b"_", b"i", b"u", b"0",
+]
+
+
+@FAST
+@given(st.lists(st.sampled_from(TOKENS) | st.binary(max_size=3), max_size=25))
+def test_mixedTokens(tokens):
+    """
+    Lines made of valid pieces and junk in any order never raise, and the
+    fast native parsers never accept a line the thorough one reads
+    differently.
+    """
+    line = b"".join(tokens)
+    result = parseLine(line)
+    checkResult(result)
+    assertFastAgrees(line.rstrip(b"\r"))
+
+
+def assertFastAgrees(line):
+    canonical = parseCanonical(line)
+    if canonical is not None:
+        assert parseSlow(line) == canonical
+    head, _, rest = line.partition(b" ")
+    if line.isascii() and not any(c < 0x20 or c in b'\x7f\\"' for c in line):
+        fast = parseFast(head, rest)
+        if fast is not None:
+            assert parseSlow(line) == fast
+
+
+NAME_CHARS = st.characters(blacklist_categories=("Cc", "Cs"))
+CANONICAL_PIECES = st.sampled_from([b"temperature", b"Humidity", b"m", b"a-b", b"x" * 70, "é".encode()])
+NUMBERS = st.sampled_from([b"25.34", b"1", b"-0", b"1e5", b"1e999", b".5", b"5.", b"+1", b"1-2", b"e", b"1_0"])
+INTEGERS = st.sampled_from([b"0", b"42", b"9223372036854775807", b"9223372036854775808", b"18446744073709551616", b"-5", b"-9223372036854775809"])
+
+
+@FAST
+@given(
+    meas=CANONICAL_PIECES,
+    sensor=CANONICAL_PIECES,
+    unit=st.none() | CANONICAL_PIECES,
+    value=NUMBERS | INTEGERS.map(lambda i: i + b"i") | INTEGERS.map(lambda i: i + b"u"),
+    seq=st.none() | INTEGERS.map(lambda i: i + b"i"),
+    ts=st.none() | INTEGERS,
+    extraTag=st.booleans(),
+    seqFirst=st.booleans(),
+)
+def test_fastPathsAgreeWithThoroughParser(meas, sensor, unit, value, seq, ts, extraTag, seqFirst):
+    """
+    On near-canonical native lines, whatever the fast paths accept the
+    thorough parser reads the same way.
+    """
+    head = meas + (b",a=b" if extraTag else b"") + b",sensor=" + sensor + (b"" if unit is None else b",unit=" + unit)
+    fields = [b"value=" + value] + ([] if seq is None else [b"seq=" + seq])
+    if seqFirst:
+        fields.reverse()
+    line = head + b" " + b",".join(fields) + (b"" if ts is None else b" " + ts)
+    checkResult(parseLine(line))
+    assertFastAgrees(line)
+    assert parseLine(line) == parseSlow(line)
+
+
+@st.composite
+def readings(draw):
+    """
+    Readings as L{parseLine} can return them for native lines: lower-case
+    kinds, timestamps that are whole nanoseconds, a unit for the kinds that
+    imply one.
+    """
+    kind = draw(
+        st.sampled_from(["temperature", "humidity", "pressure"])
+        | st.text(NAME_CHARS, min_size=1, max_size=64).filter(lambda k: k == k.lower())
+    )
+    unit = draw(st.sampled_from(["C", "%", ""]) | st.text(NAME_CHARS, max_size=16))
+    assume(unit or kind not in IMPLIED_UNITS)
+    ns = draw(st.none() | st.integers(-9223372036 * 10**9, 9223372036 * 10**9) | st.integers(0, 2 * 10**18))
+    return Reading(
+        sensor=draw(st.text(NAME_CHARS, min_size=1, max_size=128)),
+        kind=kind,
+        value=draw(st.floats(allow_nan=False, allow_infinity=False)),
+        unit=unit,
+        ts=None if ns is None else ns / 1_000_000_000,
+        seq=draw(st.none() | st.integers(0, 2**63 - 1)),
+        dialect="native",
+    )
+
+
+@FAST
+@given(readings())
+def test_formatNativeRoundTrip(reading):
+    """
+    formatNative writes every reading so that parseLine (and the thorough
+    parser alone) give it back.
+    """
+    line = formatNative(reading)
+    assert b"\n" not in line
+    assert parseLine(line) == reading
+    assert parseSlow(line) == reading
