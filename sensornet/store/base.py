@@ -1,0 +1,339 @@
+"""
+What every store backend promises: the L{Store} interface, its errors, the
+result of a write, store URLs, and the per-batch summary arithmetic both
+backends share.
+
+A store is a plain blocking object holding ONE database connection. It is
+used from one thread at a time (the writer thread, or one query thread); it
+never touches the reactor. The asynchronous side lives in
+L{sensornet.writer} and L{sensornet.store.queries}.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+from ..reading import Reading
+
+__all__ = [
+    "DEFAULT_STORE",
+    "MAX_SENSOR_LENGTH",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoreRejected",
+    "StoreURL",
+    "WriteResult",
+    "SensorSummary",
+    "parseStoreURL",
+    "summarize",
+    "effectiveTime",
+    "Migration",
+    "loadMigrations",
+]
+
+#: The store a server uses when told nothing: an SQLite file in the working
+#: directory, which needs nothing installed.
+DEFAULT_STORE = "sqlite:sensornet.db"
+
+#: Longest sensor name the schema accepts (a CHECK constraint in both
+#: backends; the parsers refuse longer names before they get here).
+MAX_SENSOR_LENGTH = 128
+
+
+class StoreError(Exception):
+    """
+    A write or read did not happen. Nothing from the failed call is
+    committed.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """
+    A transient failure: the connection was lost, the database is locked or
+    restarting, the disk is full. Trying the same data again later may work.
+    """
+
+
+class StoreRejected(StoreError):
+    """
+    A permanent failure caused by the data itself (a CHECK or NOT NULL
+    constraint, a value the backend cannot represent). Retrying the same
+    data will fail the same way.
+    """
+
+
+class WriteResult(NamedTuple):
+    """
+    What one L{Store.write} call did.
+
+    @ivar stored: How many readings were newly stored.
+    @ivar duplicates: How many were already stored under the same
+        (C{sensor}, C{seq}) (or appeared twice in the call) and were dropped.
+    @ivar duplicateIndexes: The indexes, in the written list, of those
+        duplicates, ascending; every other reading was newly stored. Usually
+        empty, which is what makes it cheap to report.
+    """
+
+    stored: int
+    duplicates: int
+    duplicateIndexes: Tuple[int, ...] = ()
+
+
+class StoreURL(NamedTuple):
+    """
+    A parsed store URL.
+
+    @ivar backend: C{"sqlite"} or C{"postgresql"}.
+    @ivar target: For SQLite the database file path (or C{":memory:"}); for
+        PostgreSQL the libpq connection URI, as given.
+    @ivar options: Backend options from the URL (SQLite: C{synchronous}).
+    """
+
+    backend: str
+    target: str
+    options: Dict[str, str]
+
+
+_SQLITE_OPTIONS = {"synchronous": ("normal", "full")}
+
+
+def parseStoreURL(url: str) -> StoreURL:
+    """
+    Parse a store URL: C{sqlite:PATH} (relative or absolute path;
+    C{sqlite::memory:} for a private in-memory database, one per
+    connection: unit tests only), C{sqlite:PATH?synchronous=full}, or
+    C{postgresql://user:pass@host:port/db} (C{postgres://} too, with any
+    libpq URI parameters).
+
+    @raise ValueError: For anything else, with a message fit to show a user.
+    """
+    if not isinstance(url, str) or not url:
+        raise ValueError("empty store URL: use sqlite:PATH or postgresql://user:password@host:port/database")
+    scheme, colon, rest = url.partition(":")
+    scheme = scheme.lower()
+    if not colon:
+        raise ValueError(
+            f"store URL {url!r} has no scheme: use sqlite:PATH or postgresql://user:password@host:port/database"
+        )
+    if scheme == "sqlite":
+        if rest.startswith("//"):
+            raise ValueError(
+                f"store URL {url!r}: write sqlite:PATH (sqlite:data/sensornet.db or "
+                "sqlite:/var/lib/sensornet/sensornet.db), not sqlite://"
+            )
+        path, question, query = rest.partition("?")
+        if not path:
+            raise ValueError(f"store URL {url!r} names no file: use sqlite:PATH")
+        options: Dict[str, str] = {}
+        if question:
+            for item in query.split("&"):
+                name, equals, value = item.partition("=")
+                allowed = _SQLITE_OPTIONS.get(name)
+                if allowed is None or not equals or value.lower() not in allowed:
+                    raise ValueError(
+                        f"store URL {url!r}: unknown SQLite option {item!r} "
+                        "(the only one is synchronous=normal|full)"
+                    )
+                options[name] = value.lower()
+        return StoreURL("sqlite", path, options)
+    if scheme in ("postgresql", "postgres"):
+        if not rest.startswith("//"):
+            raise ValueError(f"store URL {url!r}: write postgresql://user:password@host:port/database")
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:
+            raise ValueError(
+                "a PostgreSQL store needs psycopg 3: pip install 'sensornet[postgresql]'"
+            ) from None
+        try:
+            params = conninfo_to_dict(url)
+        except Exception as e:
+            raise ValueError(f"store URL is not a valid PostgreSQL URI: {e}") from None
+        port = str(params.get("port", ""))
+        if port and not all(part.isdigit() for part in port.split(",")):
+            raise ValueError(f"store URL {url!r}: the port must be a number, not {port!r}")
+        return StoreURL("postgresql", url, {})
+    raise ValueError(
+        f"unknown store {scheme!r} in {url!r}: use sqlite:PATH or postgresql://user:password@host:port/database"
+    )
+
+
+class Store:
+    """
+    A database holding readings: the interface both backends implement.
+
+    One instance holds at most one connection and is used by one thread at a
+    time. Every method but L{close} raises L{StoreUnavailable} when the
+    database cannot be reached; after that the caller should L{close} and
+    L{open} again.
+    """
+
+    #: The URL this store was made from (for logs: may hold a password).
+    url: str = ""
+
+    def open(self) -> None:
+        """
+        Connect, then create or migrate the schema to the newest version.
+        Safe when several processes open one database at once. Does nothing
+        if already open.
+
+        @raise StoreUnavailable: The database cannot be reached or migrated.
+        """
+        raise NotImplementedError()
+
+    def close(self) -> None:
+        """
+        Drop the connection (rolling back anything uncommitted). Never
+        raises; harmless when not open.
+        """
+        raise NotImplementedError()
+
+    def write(self, readings: Sequence[Reading]) -> WriteResult:
+        """
+        Store C{readings} and update the C{sensors} summary in ONE
+        transaction. A reading whose (C{sensor}, C{seq}) is already stored
+        (or appears earlier in C{readings}) is dropped as a duplicate;
+        readings whose C{seq} is L{None} are always stored.
+
+        @raise StoreRejected: Some reading is refused for good; nothing of
+            this call is committed.
+        @raise StoreUnavailable: A transient failure; nothing of this call is
+            committed.
+        """
+        raise NotImplementedError()
+
+    def sensors(self) -> List[Dict[str, Any]]:
+        """
+        One dict per (sensor, kind) ever stored, ordered by sensor then kind,
+        with keys C{sensor}, C{kind}, C{unit} (of the latest reading),
+        C{value} (latest reading's value), C{ts} (latest reading's time),
+        C{count} (readings stored), C{first_seen}, C{last_seen} (when the
+        first and latest were received). Times are float seconds since the
+        epoch.
+        """
+        raise NotImplementedError()
+
+    def readings(
+        self,
+        sensor: Optional[str] = None,
+        kind: Optional[str] = None,
+        since: Optional[float] = None,
+        until: Optional[float] = None,
+        limit: int = 1000,
+        after: Optional[Tuple[Any, int]] = None,
+    ) -> List[Dict[str, Any]]:
+        """
+        At most C{limit} readings with C{since <= ts < until} (either bound
+        optional), of one sensor and/or kind if given, ordered by (C{ts},
+        C{id}) ascending, starting strictly after the position C{after}
+        (a (C{ts}, C{id}) pair taken from a previous page's last row).
+
+        @param after: A row's C{_position}, as returned by an earlier call;
+            rows up to and including it are skipped.
+        @return: Dicts with keys C{id}, C{sensor}, C{kind}, C{value}, C{unit},
+            C{ts}, C{seq}, C{received_at}, C{peer}, C{dialect} (times are
+            float seconds since the epoch) and C{_position}: the row's exact
+            place in (C{ts}, C{id}) order, an opaque pair of numbers to pass
+            back as C{after} (for PostgreSQL the time is in whole
+            microseconds, so paging never depends on float rounding).
+        """
+        raise NotImplementedError()
+
+    def ping(self) -> bool:
+        """
+        Whether the database answers a trivial query now (connecting first if
+        needed). Never raises.
+        """
+        raise NotImplementedError()
+
+    def schemaVersion(self) -> int:
+        """
+        The schema version the open database is at.
+        """
+        raise NotImplementedError()
+
+
+def effectiveTime(reading: Reading) -> float:
+    """
+    The time a reading is stored under: its own C{ts}, or when it was
+    received if it carried none.
+    """
+    return reading.ts if reading.ts is not None else reading.received_at
+
+
+class SensorSummary(NamedTuple):
+    """
+    One batch's contribution to one row of the C{sensors} summary table.
+    """
+
+    sensor: str
+    kind: str
+    unit: str
+    value: float
+    ts: float
+    stored: int
+    firstSeen: float
+    lastSeen: float
+
+
+def summarize(readings: Iterable[Reading]) -> List[SensorSummary]:
+    """
+    Fold newly stored readings into one L{SensorSummary} per (sensor, kind),
+    ordered by (sensor, kind) so that concurrent writers lock summary rows in
+    the same order and cannot deadlock.
+
+    The latest reading is the one with the greatest time; among equal times,
+    the one written last.
+    """
+    acc: Dict[Tuple[str, str], List[Any]] = {}
+    for r in readings:
+        ts = r.ts if r.ts is not None else r.received_at
+        key = (r.sensor, r.kind)
+        row = acc.get(key)
+        if row is None:
+            acc[key] = [r.unit, r.value, ts, 1, r.received_at, r.received_at]
+            continue
+        if ts >= row[2]:
+            row[0] = r.unit
+            row[1] = r.value
+            row[2] = ts
+        row[3] += 1
+        if r.received_at < row[4]:
+            row[4] = r.received_at
+        if r.received_at > row[5]:
+            row[5] = r.received_at
+    return [SensorSummary(key[0], key[1], *row) for key, row in sorted(acc.items())]
+
+
+class Migration(NamedTuple):
+    """
+    One schema step: C{sql} takes a database from C{version - 1} to
+    C{version}.
+    """
+
+    version: int
+    name: str
+    sql: str
+
+
+def loadMigrations(backend: str) -> List[Migration]:
+    """
+    The versioned schema files of C{backend} (C{schema/BACKEND/NNN_name.sql},
+    shipped as package data), in version order.
+    """
+    folder = resources.files(__package__).joinpath("schema").joinpath(backend)
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    found.sort()
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"schema files for {backend} are not numbered 1..n: {[m.version for m in found]}")
+    return found
+
+
+_MIGRATION_NAME = re.compile(r"^(\d{3})_(\w+)\.sql$")

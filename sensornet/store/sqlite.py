@@ -1,0 +1,335 @@
+"""
+The SQLite store: the default, embedded backend (C{sqlite:PATH}).
+
+Durability: the database runs in WAL mode with C{synchronous=NORMAL} by
+default. A committed transaction is in the WAL file before C{COMMIT}
+returns, so it survives the sensornet process being killed (even with
+SIGKILL); only an operating-system crash or power loss can lose the last
+transactions (the WAL is fsynced at checkpoints, not at every commit). With
+C{sqlite:PATH?synchronous=full} every commit is fsynced and survives power
+loss too, at a cost in commits per second (group commit keeps that cost per
+batch, not per reading).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from ..reading import Reading
+from .base import (
+    Store,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+    WriteResult,
+    loadMigrations,
+    summarize,
+)
+
+__all__ = ["SQLiteStore"]
+
+_INSERT = (
+    "INSERT INTO readings (sensor, kind, value, unit, ts, seq, received_at, peer, dialect) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sensor, seq) DO NOTHING"
+)
+
+# Column references in DO UPDATE see the row as it was before the update,
+# so every SET below reads the old values.
+_UPSERT_SENSOR = (
+    "INSERT INTO sensors (sensor, kind, unit, value, ts, count, first_seen, last_seen) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (sensor, kind) DO UPDATE SET "
+    "unit = CASE WHEN excluded.ts >= sensors.ts THEN excluded.unit ELSE sensors.unit END, "
+    "value = CASE WHEN excluded.ts >= sensors.ts THEN excluded.value ELSE sensors.value END, "
+    "ts = max(sensors.ts, excluded.ts), "
+    "count = sensors.count + excluded.count, "
+    "first_seen = min(sensors.first_seen, excluded.first_seen), "
+    "last_seen = max(sensors.last_seen, excluded.last_seen)"
+)
+
+_READING_COLUMNS = ("id", "sensor", "kind", "value", "unit", "ts", "seq", "received_at", "peer", "dialect")
+_SENSOR_COLUMNS = ("sensor", "kind", "unit", "value", "ts", "count", "first_seen", "last_seen")
+
+
+def splitStatements(script: str) -> List[str]:
+    """
+    Split an SQL script into complete statements. (C{executescript} would
+    commit the migration transaction half-way, so statements run one by
+    one.)
+    """
+    statements = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statement = pending.strip()
+            if statement:
+                statements.append(statement)
+            pending = ""
+    if pending.strip() and not all(
+        part.strip().startswith("--") or not part.strip() for part in pending.splitlines()
+    ):
+        raise ValueError(f"incomplete SQL statement at the end of a schema file: {pending!r}")
+    return statements
+
+
+def classify(error: BaseException) -> StoreError:
+    """
+    Turn an exception from C{sqlite3} (or from binding a value) into a
+    L{StoreRejected} (the data is at fault, for good) or a
+    L{StoreUnavailable} (locked, disk full, I/O error, not open: try again).
+    """
+    message = str(error) or type(error).__name__
+    if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, UnicodeError)):
+        return StoreRejected(message)
+    if isinstance(error, sqlite3.ProgrammingError) and "binding" in message:
+        return StoreRejected(message)
+    return StoreUnavailable(f"SQLite: {message}")
+
+
+class SQLiteStore(Store):
+    """
+    A L{Store} in one SQLite file, through one C{sqlite3} connection in
+    autocommit mode (every transaction is an explicit C{BEGIN IMMEDIATE} ..
+    C{COMMIT}, so a writer takes the write lock up front and waits up to
+    C{busyTimeout} seconds for another writer instead of failing half-way).
+
+    @param path: The database file (created if missing), or C{":memory:"}.
+    @param synchronous: C{"normal"} or C{"full"}; see the module docstring.
+    @param busyTimeout: Seconds to wait for a lock held by another
+        connection before giving up with L{StoreUnavailable}.
+    """
+
+    def __init__(self, path: str, synchronous: str = "normal", busyTimeout: float = 5.0, url: str = "") -> None:
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+        self.path = path
+        self.synchronous = synchronous
+        self.busyTimeout = busyTimeout
+        self.url = url or f"sqlite:{path}"
+        self._db: Optional[sqlite3.Connection] = None
+
+    # -- connection ---------------------------------------------------------
+
+    def open(self) -> None:
+        if self._db is not None:
+            return
+        try:
+            # check_same_thread=False: a store is used by one thread at a
+            # time, but may be closed by another once that thread is gone.
+            db = sqlite3.connect(
+                self.path, timeout=self.busyTimeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise classify(e) from e
+        try:
+            self._enableWAL(db)
+            db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            self._migrate(db)
+        except BaseException as e:
+            db.close()
+            if isinstance(e, sqlite3.Error):
+                raise classify(e) from e
+            raise
+        self._db = db
+
+    def _enableWAL(self, db: sqlite3.Connection) -> None:
+        """
+        Switch to WAL mode (a property of the file, kept once set). The
+        switch fails at once, without waiting for the busy timeout, while
+        another connection opens the same new file: retry until the timeout.
+        """
+        deadline = time.monotonic() + self.busyTimeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        migrations = loadMigrations("sqlite")
+        # The write lock, taken before reading the version, makes two
+        # servers opening one file at once apply each migration once.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            current = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+            if current > len(migrations):
+                raise StoreUnavailable(
+                    f"database schema version {current} is newer than this sensornet knows "
+                    f"({len(migrations)}): upgrade sensornet"
+                )
+            for migration in migrations[current:]:
+                for statement in splitStatements(migration.sql):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except Exception:
+                pass
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreUnavailable("SQLite store is not open")
+        return self._db
+
+    def schemaVersion(self) -> int:
+        try:
+            return int(self._connection().execute("SELECT max(version) FROM schema_version").fetchone()[0])
+        except sqlite3.Error as e:
+            raise classify(e) from e
+
+    def ping(self) -> bool:
+        try:
+            self.open()
+            self._connection().execute("SELECT 1").fetchone()
+            return True
+        except Exception:
+            return False
+
+    # -- writing ------------------------------------------------------------
+
+    def write(self, readings: Sequence[Reading]) -> WriteResult:
+        if not readings:
+            return WriteResult(0, 0, ())
+        db = self._connection()
+        try:
+            rows = [
+                (
+                    r.sensor,
+                    r.kind,
+                    r.value,
+                    r.unit,
+                    r.ts if r.ts is not None else r.received_at,
+                    r.seq,
+                    r.received_at,
+                    r.peer,
+                    r.dialect,
+                )
+                for r in readings
+            ]
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # With the write lock held, rows this transaction inserts
+                # get ids above the current maximum.
+                before = db.execute("SELECT max(id) FROM readings").fetchone()[0] or 0
+                stored = db.executemany(_INSERT, rows).rowcount
+                duplicateIndexes: Tuple[int, ...] = ()
+                new: Sequence[Reading] = readings
+                if stored != len(readings):
+                    duplicateIndexes = self._duplicates(db, readings, before)
+                    skip = set(duplicateIndexes)
+                    new = [r for i, r in enumerate(readings) if i not in skip]
+                db.executemany(_UPSERT_SENSOR, summarize(new))
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+        except (sqlite3.Error, OverflowError, UnicodeError) as e:
+            raise classify(e) from e
+        return WriteResult(stored, len(duplicateIndexes), duplicateIndexes)
+
+    @staticmethod
+    def _duplicates(db: sqlite3.Connection, readings: Sequence[Reading], before: int) -> Tuple[int, ...]:
+        """
+        Which of C{readings}, just inserted, were dropped as duplicates: the
+        keyed ones whose (sensor, seq) is not among the rows with an id
+        above C{before}, plus repeats within C{readings}.
+        """
+        inserted: Set[Tuple[str, int]] = set(
+            db.execute("SELECT sensor, seq FROM readings WHERE id > ? AND seq IS NOT NULL", (before,))
+        )
+        duplicates = []
+        for index, r in enumerate(readings):
+            if r.seq is None:
+                continue
+            key = (r.sensor, r.seq)
+            if key in inserted:
+                inserted.discard(key)
+            else:
+                duplicates.append(index)
+        return tuple(duplicates)
+
+    # -- reading ------------------------------------------------------------
+
+    def sensors(self) -> List[Dict[str, Any]]:
+        try:
+            rows = self._connection().execute(
+                f"SELECT {', '.join(_SENSOR_COLUMNS)} FROM sensors ORDER BY sensor, kind"
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise classify(e) from e
+        return [dict(zip(_SENSOR_COLUMNS, row)) for row in rows]
+
+    def readings(
+        self,
+        sensor: Optional[str] = None,
+        kind: Optional[str] = None,
+        since: Optional[float] = None,
+        until: Optional[float] = None,
+        limit: int = 1000,
+        after: Optional[Tuple[Any, int]] = None,
+    ) -> List[Dict[str, Any]]:
+        where: List[str] = []
+        params: List[Any] = []
+        if sensor is not None:
+            where.append("sensor = ?")
+            params.append(sensor)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(float(since))
+        if until is not None:
+            where.append("ts < ?")
+            params.append(float(until))
+        if after is not None:
+            where.append("(ts, id) > (?, ?)")
+            params.extend((float(after[0]), int(after[1])))
+        sql = f"SELECT {', '.join(_READING_COLUMNS)} FROM readings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts, id LIMIT ?"
+        params.append(int(limit))
+        try:
+            rows = self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise classify(e) from e
+        result = []
+        for row in rows:
+            reading = dict(zip(_READING_COLUMNS, row))
+            reading["_position"] = (row[5], row[0])
+            result.append(reading)
+        return result
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """
+    Roll back if a transaction is open; a failed rollback (the connection
+    is already broken) is left for the caller's original error to report.
+    """
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass

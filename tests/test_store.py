@@ -1,0 +1,309 @@
+"""
+The blocking store backends, each test run against SQLite and a real
+PostgreSQL (the C{store_url} fixture from C{tests/pgserver.py}).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import List
+
+import pytest
+
+from sensornet.reading import Reading
+from sensornet.store import (
+    DEFAULT_STORE,
+    StoreRejected,
+    StoreUnavailable,
+    WriteResult,
+    openStore,
+    parseStoreURL,
+    storeFromURL,
+)
+from sensornet.store.base import loadMigrations, summarize
+
+T0 = 1_718_100_000.0
+
+
+def reading(sensor: str = "s1", seq: int | None = 0, value: float = 20.0, ts: float | None = T0, **kw) -> Reading:
+    kw.setdefault("kind", "temperature")
+    kw.setdefault("unit", "C")
+    kw.setdefault("received_at", T0 + 0.5)
+    kw.setdefault("peer", "127.0.0.1:4000")
+    return Reading(sensor, kw.pop("kind"), value, kw.pop("unit"), ts=ts, seq=seq, **kw)
+
+
+@pytest.fixture
+def store(store_url):
+    s = openStore(store_url)
+    yield s
+    s.close()
+
+
+def count(store) -> int:
+    return len(store.readings(limit=1_000_000))
+
+
+# -- URLs ------------------------------------------------------------------
+
+
+def test_parseStoreURLAcceptsBothBackends() -> None:
+    """
+    sqlite:PATH, sqlite::memory:, postgresql:// and postgres:// parse.
+    """
+    assert parseStoreURL(DEFAULT_STORE) == ("sqlite", "sensornet.db", {})
+    assert parseStoreURL("sqlite:/var/lib/x.db").target == "/var/lib/x.db"
+    assert parseStoreURL("sqlite::memory:").target == ":memory:"
+    assert parseStoreURL("sqlite:x.db?synchronous=full").options == {"synchronous": "full"}
+    assert parseStoreURL("postgresql://u:p@db.example:5432/sensornet").backend == "postgresql"
+    assert parseStoreURL("postgres://u@localhost/db").backend == "postgresql"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["", "sensornet.db", "mysql://x/y", "sqlite:", "sqlite:///x.db", "sqlite:x.db?journal=off",
+     "postgresql:x", "postgresql://u@h:notaport/db"],
+)
+def test_parseStoreURLRefusesOthers(url: str) -> None:
+    """
+    Anything else is a ValueError whose message says what to write.
+    """
+    with pytest.raises(ValueError) as e:
+        parseStoreURL(url)
+    assert str(e.value)
+
+
+def test_storeFromURLDoesNotConnect(tmp_path) -> None:
+    """
+    storeFromURL makes a store without touching the database; openStore
+    opens it.
+    """
+    path = tmp_path / "x.db"
+    store = storeFromURL(f"sqlite:{path}")
+    assert not path.exists()
+    store.open()
+    assert path.exists()
+    store.close()
+
+
+# -- schema ----------------------------------------------------------------
+
+
+def test_schemaCreatedVersionedAndReopenIdempotent(store_url) -> None:
+    """
+    Opening creates the schema and records its version; opening again (the
+    store, or a new one) changes nothing and keeps the data.
+    """
+    latest = len(loadMigrations("sqlite"))
+    assert latest == len(loadMigrations("postgresql")) >= 1
+    store = openStore(store_url)
+    assert store.schemaVersion() == latest
+    store.write([reading()])
+    store.open()  # already open: nothing happens
+    store.close()
+    again = openStore(store_url)
+    try:
+        assert again.schemaVersion() == latest
+        assert count(again) == 1
+    finally:
+        again.close()
+
+
+def test_concurrentOpensMigrateOnce(store_url) -> None:
+    """
+    Several stores opening one empty database at the same moment (servers
+    starting together) all succeed, and the schema is applied once.
+    """
+    errors: List[BaseException] = []
+    stores = [storeFromURL(store_url) for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+
+    def openOne(s) -> None:
+        barrier.wait()
+        try:
+            s.open()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=openOne, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert errors == []
+        assert {s.schemaVersion() for s in stores} == {len(loadMigrations("sqlite"))}
+        stores[0].write([reading()])
+        assert count(stores[-1]) == 1
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_closedStoreIsUnavailable(store_url) -> None:
+    """
+    Writing to a store that is not open is a transient failure.
+    """
+    store = storeFromURL(store_url)
+    with pytest.raises(StoreUnavailable):
+        store.write([reading()])
+    assert store.ping() is True  # ping connects
+    store.close()
+    store.close()  # harmless twice
+
+
+def test_unreachableStoreIsUnavailable(tmp_path) -> None:
+    """
+    A database that cannot be reached raises StoreUnavailable, and ping
+    says False.
+    """
+    for url in [f"sqlite:{tmp_path}/missing/dir/x.db", "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2"]:
+        store = storeFromURL(url)
+        with pytest.raises(StoreUnavailable):
+            store.open()
+        assert store.ping() is False
+
+
+# -- writing ---------------------------------------------------------------
+
+
+def test_duplicatesStoredOnceAndReported(store) -> None:
+    """
+    The same (sensor, seq) twice is stored once and reported as a duplicate,
+    in a later call or in the same one; the same seq of another sensor is
+    not a duplicate.
+    """
+    assert store.write([reading(seq=1), reading(seq=2)]) == WriteResult(2, 0, ())
+    result = store.write([reading(seq=2), reading(seq=3), reading("s2", seq=2), reading(seq=3)])
+    assert result == WriteResult(2, 2, (0, 3))
+    assert sorted((r["sensor"], r["seq"]) for r in store.readings()) == [
+        ("s1", 1), ("s1", 2), ("s1", 3), ("s2", 2)
+    ]
+
+
+def test_readingsWithoutSeqAlwaysStored(store) -> None:
+    """
+    Readings without seq cannot be recognised as resent: each is stored.
+    """
+    assert store.write([reading(seq=None), reading(seq=None)]) == WriteResult(2, 0, ())
+    assert store.write([reading(seq=None)]).stored == 1
+    assert count(store) == 3
+
+
+def test_columnsRoundTrip(store) -> None:
+    """
+    Every column comes back as written; a reading without its own time is
+    stored at its reception time.
+    """
+    store.write([
+        reading("a", seq=7, value=-1.25, ts=T0 + 0.125, unit="%", kind="humidity", dialect="graphite",
+                peer="10.0.0.1:5", received_at=T0 + 1),
+        reading("a", seq=None, ts=None, received_at=T0 + 2),
+    ])
+    rows = store.readings()
+    for row in rows:
+        row.pop("id")
+        row.pop("_position")
+    assert rows == [
+        {"sensor": "a", "kind": "humidity", "value": -1.25, "unit": "%", "ts": T0 + 0.125, "seq": 7,
+         "received_at": T0 + 1, "peer": "10.0.0.1:5", "dialect": "graphite"},
+        {"sensor": "a", "kind": "temperature", "value": 20.0, "unit": "C", "ts": T0 + 2, "seq": None,
+         "received_at": T0 + 2, "peer": "127.0.0.1:4000", "dialect": "native"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        reading(value=math.nan, seq=90),
+        reading(value=math.inf, seq=91),
+        reading(value=-math.inf, seq=92),
+        reading("x" * 129, seq=93),
+        reading("", seq=94),
+        reading(seq=-1),
+        reading(seq=2**63),
+        reading("bad\ud800", seq=95),
+    ],
+    ids=["nan", "inf", "-inf", "long-sensor", "empty-sensor", "negative-seq", "huge-seq", "surrogate"],
+)
+def test_badReadingRejectsTheWholeCall(store, bad: Reading) -> None:
+    """
+    A reading the schema refuses raises StoreRejected, and nothing else of
+    that call is committed.
+    """
+    with pytest.raises(StoreRejected) as e:
+        store.write([reading(seq=1), bad, reading(seq=2)])
+    assert "\n" not in str(e.value)
+    assert count(store) == 0
+    assert store.sensors() == []
+    # The store is still usable.
+    assert store.write([reading(seq=1)]).stored == 1
+
+
+def test_summaryCountsOnlyNewReadings(store) -> None:
+    """
+    The sensors table counts stored readings (not duplicates) per (sensor,
+    kind), keeps the value of the reading with the latest time, and the
+    first and last reception times.
+    """
+    store.write([
+        reading(seq=1, value=1.0, ts=T0 + 10, received_at=T0 + 20),
+        reading(seq=2, value=2.0, ts=T0 + 30, received_at=T0 + 21),
+        reading(seq=3, value=3.0, ts=T0 + 5, received_at=T0 + 22),
+        reading(seq=100, kind="humidity", unit="%", value=50.0, ts=T0, received_at=T0 + 23),
+    ])
+    store.write([reading(seq=2, value=99.0), reading(seq=4, value=4.0, ts=T0 + 1, received_at=T0 + 24)])
+    sensors = store.sensors()
+    assert sensors == [
+        {"sensor": "s1", "kind": "humidity", "unit": "%", "value": 50.0, "ts": T0, "count": 1,
+         "first_seen": T0 + 23, "last_seen": T0 + 23},
+        {"sensor": "s1", "kind": "temperature", "unit": "C", "value": 2.0, "ts": T0 + 30, "count": 4,
+         "first_seen": T0 + 20, "last_seen": T0 + 24},
+    ]
+    assert sum(s["count"] for s in sensors) == count(store)
+
+
+def test_summarizeGroupsAndOrders() -> None:
+    """
+    summarize() folds a batch into one row per (sensor, kind), sorted.
+    """
+    rows = summarize([reading("b", ts=2.0), reading("a", ts=1.0), reading("b", ts=1.0, value=5.0)])
+    assert [(r.sensor, r.stored, r.value, r.ts) for r in rows] == [("a", 1, 20.0, 1.0), ("b", 2, 20.0, 2.0)]
+
+
+# -- reading ---------------------------------------------------------------
+
+
+def test_readingsFilters(store) -> None:
+    """
+    readings() filters by sensor, kind and [since, until), in (ts, id)
+    order, and honours limit.
+    """
+    store.write([reading(f"s{i % 3}", seq=i, ts=T0 + i, kind="temperature" if i % 2 else "humidity")
+                 for i in range(30)])
+    assert [r["seq"] for r in store.readings(sensor="s1")] == list(range(1, 30, 3))
+    assert [r["seq"] for r in store.readings(sensor="s1", kind="humidity")] == [4, 10, 16, 22, 28]
+    assert [r["seq"] for r in store.readings(since=T0 + 10, until=T0 + 13)] == [10, 11, 12]
+    assert [r["seq"] for r in store.readings(limit=4)] == [0, 1, 2, 3]
+    assert store.readings(sensor="nobody") == []
+
+
+def test_pagingWithEqualTimesNeverRepeatsOrSkips(store) -> None:
+    """
+    Paging by position visits every row once, in order, even when many rows
+    share one ts.
+    """
+    store.write([reading(f"s{i % 4}", seq=i, ts=T0 + (i % 5) * 0.001) for i in range(60)])
+    seen = []
+    after = None
+    while True:
+        page = store.readings(limit=7, after=after)
+        if not page:
+            break
+        seen.extend(r["id"] for r in page)
+        after = page[-1]["_position"]
+    everything = store.readings(limit=1000)
+    assert seen == [r["id"] for r in everything]
+    assert len(set(seen)) == 60
+    assert [r["ts"] for r in everything] == sorted(r["ts"] for r in everything)
