@@ -1,0 +1,150 @@
+"""
+The HTTP side's resource tree, assembled from its parts:
+
+  - C{/} and C{/static/...}: the dashboard, served from files inside the
+    package (no CDN, no build step: a server in a VPC may have no internet).
+  - C{/api/sensors}, C{/api/readings}: L{sensornet.web.api}.
+  - C{/api/stream}: L{sensornet.web.stream}.
+  - C{/metrics}, C{/healthz}, C{/readyz}: operations.
+
+Every response carries a strict Content-Security-Policy allowing only this
+origin, so the dashboard cannot quietly depend on anything outside it.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Callable, Collection, Optional
+
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+from twisted.web.static import File
+
+from ..feed import LiveFeed
+from ..metrics import ServerMetrics
+from .api import (
+    HealthResource,
+    MetricsResource,
+    ReadingsResource,
+    ReadyResource,
+    SensorsResource,
+    noStoreResource,
+)
+from .stream import StreamResource
+
+__all__ = ["makeResource", "makeSite", "staticDirectory"]
+
+_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+}
+
+
+def staticDirectory() -> Path:
+    """
+    The directory holding the dashboard's files (installed with the package
+    as package data).
+    """
+    return Path(str(files("sensornet.web") / "static"))
+
+
+class _StaticFile(File):
+    """
+    A package file or directory; a directory is never listed.
+    """
+
+    contentTypes = dict(File.contentTypes, **_CONTENT_TYPES)
+    indexNames: list = []
+
+    def directoryListing(self) -> IResource:
+        return notFound("No such file", "There is no such file.")
+
+    def render_GET(self, request: Request) -> Any:
+        # The files change with the package; let browsers revalidate.
+        request.setHeader(b"cache-control", b"no-cache")
+        return super().render_GET(request)
+
+
+class _Directory(Resource):
+    """
+    A resource with named children and a plain 404 for any other name.
+    """
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound("No such resource", "There is nothing at this address.")
+
+
+class _Root(_Directory):
+    """
+    The root: adds the headers every response shares, then finds the child.
+    """
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        request.setHeader(b"content-security-policy", _CSP)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        return super().getChildWithDefault(path, request)
+
+
+def makeResource(
+    queries: Optional[Any],
+    feed: LiveFeed,
+    metrics: ServerMetrics,
+    connectedSensors: Callable[[], Collection[str]],
+    reactor: Any,
+) -> Resource:
+    """
+    The root resource of a server's HTTP side.
+
+    @param queries: The store's query side (C{sensors()}, C{readings(...)},
+        C{ping()}, each returning a Deferred), or L{None} when the server
+        stores nothing: the data endpoints then answer 503.
+    @param feed: Committed readings, for the live stream.
+    @param metrics: The server's metrics; the stream adds its own two to
+        C{metrics.registry}, so build one resource per L{ServerMetrics}.
+    @param connectedSensors: Names of the sensors with a connection open now.
+    @param reactor: Gives the time (C{seconds()}) and runs the heartbeat.
+    """
+    root = _Root()
+    static = staticDirectory()
+    root.putChild(b"", _StaticFile(str(static / "index.html")))
+    root.putChild(b"static", _StaticFile(str(static)))
+    api = _Directory()
+    root.putChild(b"api", api)
+    if queries is not None:
+        api.putChild(b"sensors", SensorsResource(queries, connectedSensors, reactor))
+        api.putChild(b"readings", ReadingsResource(queries))
+    else:
+        api.putChild(b"sensors", noStoreResource())
+        api.putChild(b"readings", noStoreResource())
+    api.putChild(b"stream", StreamResource(feed, reactor, metrics.registry))
+    root.putChild(b"metrics", MetricsResource(metrics.registry))
+    root.putChild(b"healthz", HealthResource())
+    root.putChild(b"readyz", ReadyResource(queries, reactor))
+    return root
+
+
+def makeSite(
+    queries: Optional[Any],
+    feed: LiveFeed,
+    metrics: ServerMetrics,
+    connectedSensors: Callable[[], Collection[str]],
+    reactor: Any,
+) -> Site:
+    """
+    A L{Site} serving L{makeResource}'s tree, ready to listen on an endpoint.
+    Tracebacks are never shown to clients.
+    """
+    site = Site(makeResource(queries, feed, metrics, connectedSensors, reactor), reactor=reactor)
+    site.displayTracebacks = False
+    return site
