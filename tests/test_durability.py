@@ -139,8 +139,9 @@ def test_sigkill_while_streaming_loses_nothing_and_doubles_nothing(reactor, tmp_
 
 
 @pytest_twisted.inlineCallbacks
-def test_postgresql_restart_under_load_is_survived(reactor, tmp_path, postgresql):
-    url = postgresql.freshDatabase()
+def test_postgresql_restart_under_load_is_survived(reactor, tmp_path, postgresql_server, postgresql_db):
+    url = postgresql_db
+    postgresql = postgresql_server
     server = ServerProcess(url, str(tmp_path)).start()
     made = sensors(reactor, server.port, 4, "pgrestart")
     try:
@@ -162,8 +163,11 @@ def test_postgresql_restart_under_load_is_survived(reactor, tmp_path, postgresql
 
 
 @pytest_twisted.inlineCallbacks
-def test_database_gone_acknowledges_nothing_and_the_server_keeps_serving(reactor, tmp_path, postgresql):
-    url = postgresql.freshDatabase()
+def test_database_gone_acknowledges_nothing_and_the_server_keeps_serving(
+    reactor, tmp_path, postgresql_server, postgresql_db
+):
+    url = postgresql_db
+    postgresql = postgresql_server
     server = ServerProcess(url, str(tmp_path)).start()
     made = sensors(reactor, server.port, 2, "dbgone")
     try:
