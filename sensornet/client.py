@@ -116,6 +116,7 @@ class SensorClientProtocol(LineOnlyReceiver):
     MAX_LENGTH = MAX_LINE_LENGTH
 
     sensor: "SimulatedSensor"
+    transport: Any
 
     def connectionMade(self) -> None:
         self.sensor.connected(self)
@@ -191,7 +192,7 @@ class SimulatedSensor(MultiService):
         retryPolicy: Optional[Callable[[int], float]] = None,
     ) -> None:
         super().__init__()
-        self.name = name
+        self.name: str = name  # type: ignore[assignment]
         self.kind = kindName
         self.unit = kind.unit
         self.clock = clock
@@ -204,6 +205,7 @@ class SimulatedSensor(MultiService):
         self.protocol: Optional[SensorClientProtocol] = None
         self.connections = 0
         self._lastHeard = 0.0
+        self._watchdog: Optional[Any] = None
         start = int(clock.seconds() * 1_000_000)
         last = self.outbox.lastSeq()
         self.nextSeq = max(start, last + 1) if last is not None else start
@@ -224,6 +226,9 @@ class SimulatedSensor(MultiService):
     def stopService(self) -> Any:
         if self.loop.running:
             self.loop.stop()
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
         close = getattr(self.outbox, "close", None)
         d = super().stopService()
         if close is not None:
@@ -268,12 +273,29 @@ class SimulatedSensor(MultiService):
             protocol.transport.abortConnection()
             return
         lines, resent = self.outbox.takeDue(now, self.ackTimeout)
+        if len(self.outbox):
+            self._armWatchdog()
         if not lines:
             return
         protocol.sendLines(lines)
         self.metrics.readingsSent.inc(len(lines))
         if resent:
             self.metrics.resends.inc(resent)
+
+    def _armWatchdog(self) -> None:
+        """
+        Make sure L{sendDue} runs again within C{ackTimeout} while readings
+        wait for their acks, whatever the tick interval (and after the loop
+        stopped): resends and dead-connection checks must not wait for the
+        next reading. One timer per sensor, only while something is owed.
+        """
+        if self._watchdog is None or not self._watchdog.active():
+            self._watchdog = self.clock.callLater(self.ackTimeout, self._watchdogFired)
+
+    def _watchdogFired(self) -> None:
+        self._watchdog = None
+        if len(self.outbox):
+            self.sendDue()
 
     # -- connection events --------------------------------------------------
 

@@ -145,6 +145,24 @@ def test_unacknowledged_reading_is_resent_on_the_same_connection_after_the_ack_t
     assert first in seqs
 
 
+def test_resends_continue_after_the_loop_stops_and_between_slow_ticks():
+    """
+    Resending does not wait for the next reading: with a 60 s interval and a
+    5 s ack timeout, an unacknowledged reading goes out again at 5 s.
+    """
+    h = Harness(interval=60.0, ackTimeout=5.0)
+    h.sensor.startService()
+    h.connect()
+    first = parseLine(h.sentLines()[0]).seq
+    h.sensor.loop.stop()
+    h.reactor.advance(5.0)
+    assert [parseLine(line).seq for line in h.sentLines()] == [first]
+    h.reply(b"ack %d\n" % first)
+    h.reactor.advance(5.0)
+    assert h.sentLines() == []
+    assert not h.reactor.getDelayedCalls()
+
+
 def test_retry_reply_makes_the_reading_due_again_and_rejected_drops_it():
     h = Harness()
     h.sensor.startService()

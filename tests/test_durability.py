@@ -230,7 +230,10 @@ def test_sigterm_commits_and_acknowledges_what_it_holds(reactor, tmp_path, store
 
     acked = yield threads.deferToThread(sendThenStop)
     status = yield threads.deferToThread(server.process.wait, 30)
-    assert status == 0, server.log()
+    # twistd re-raises the signal that stopped it once shutdown is complete,
+    # so a clean SIGTERM exit shows as -15.
+    assert status in (0, -15), server.log()
+    assert "sensornet server stopped" in server.log()
     stored = sorted(seq for name, seq in storedRows(store_url) if name == "term")
     assert len(acked) > 0
     assert sorted(acked) == stored
