@@ -24,6 +24,10 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet '.[test]'
+# checkov pins packaging<24, which pytest 9 cannot use: it gets a venv of its own.
+python3 -m venv .venv-checkov
+.venv-checkov/bin/python -m pip install --quiet 'checkov==3.3.30'
+export CHECKOV="$PWD/.venv-checkov/bin/checkov"
 # The console script, not "python -m pytest": that would put the checkout
 # on sys.path and hide the installed package behind it.
 exec .venv/bin/pytest "$@"

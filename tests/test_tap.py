@@ -55,6 +55,19 @@ def test_server_options_refuse_a_bad_store_url():
     assert "--store" in str(e.value)
 
 
+def test_store_url_can_come_from_the_environment(monkeypatch, tmp_path):
+    """
+    --store env:NAME keeps a database password out of the process list.
+    """
+    monkeypatch.setenv("SENSORNET_TEST_STORE", f"sqlite:{tmp_path / 'x.db'}")
+    options = servertap.Options()
+    options.parseOptions(["--store", "env:SENSORNET_TEST_STORE"])
+    assert options.toConfig().store == f"sqlite:{tmp_path / 'x.db'}"
+    with pytest.raises(usage.UsageError) as e:
+        servertap.Options().parseOptions(["--store", "env:SENSORNET_UNSET_VARIABLE"])
+    assert "not set" in str(e.value)
+
+
 def test_no_log_readings_flag_reaches_the_factory():
     service, _ = serverService("--store", "none", "--http", "none", "--no-log-readings")
     assert service.factory.logReadings is False

@@ -4,7 +4,8 @@ C{twistd sensornet-server}: options and L{makeService} for the server role.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+import os
+from typing import Any, Optional
 
 from twisted.python import usage
 
@@ -25,8 +26,9 @@ class Options(usage.Options):
 
     optParameters = [
         ["store", None, DEFAULT_STORE,
-         "Where readings are stored: sqlite:PATH, postgresql://USER:PASS@HOST:PORT/DB, or 'none' "
-         "(acknowledge once parsed, store nothing)."],
+         "Where readings are stored: sqlite:PATH, postgresql://USER:PASS@HOST:PORT/DB, 'none' "
+         "(acknowledge once parsed, store nothing), or env:NAME to read the URL from environment "
+         "variable NAME (keeps a password out of the process list)."],
         ["http", None, DEFAULT_HTTP,
          "Endpoint for the HTTP API, metrics and dashboard, or 'none'."],
         ["max-batch", None, 5000, "Most readings committed in one transaction.", int],
@@ -39,7 +41,7 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"]: List[str] = []
+        self["listen"] = []
 
     def opt_listen(self, description: str) -> None:
         """
@@ -51,6 +53,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        if self["store"].startswith("env:"):
+            name = self["store"][len("env:"):]
+            if not os.environ.get(name):
+                raise usage.UsageError(f"--store {self['store']}: environment variable {name} is not set")
+            self["store"] = os.environ[name]
         if self["store"] != "none":
             from ..store import parseStoreURL
 
