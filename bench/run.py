@@ -83,7 +83,7 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--total", type=int, default=300_000, help="lines per row (default 300000)")
+    parser.add_argument("--total", type=int, default=1_000_000, help="lines per row (default 1000000)")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60.0, help="time limit per row")
     parser.add_argument("--pg", help="PostgreSQL URL for the postgresql row (its database is written to)")

@@ -136,6 +136,9 @@ class SensorProtocol(LineOnlyReceiver):
     seedIdleGap = 0.2
 
     factory: "SensorServerFactory"
+    # A TCP/TLS/UNIX transport: a consumer we register with and a producer we
+    # pause (Protocol types it as the narrower Optional[ITransport]).
+    transport: Any
 
     _log = Logger()
 
@@ -405,7 +408,7 @@ class SensorServerFactory(Factory):
     @ivar logReadings: Log each received reading (one log event per chunk).
     """
 
-    protocol = SensorProtocol
+    protocol = SensorProtocol  # type: ignore[assignment]
 
     _log = Logger()
 

@@ -127,6 +127,7 @@ class SensorServerService(MultiService):
         return defer.gatherResults([listener._waitingForPort for listener in self.listeners])
 
     def startService(self) -> None:
+        _raiseFileLimit()
         super().startService()
         self._log.info(
             "sensornet server listening on {listen}; store {store}; HTTP {http}",
@@ -162,6 +163,24 @@ class SensorServerService(MultiService):
         rest = [service for service in reversed(list(self)) if service.running]
         yield defer.DeferredList([defer.maybeDeferred(service.stopService) for service in rest])
         self._log.info("sensornet server stopped")
+
+
+def _raiseFileLimit() -> None:
+    """
+    Raise this process's open-file limit to its hard limit: each sensor is a
+    file descriptor, and the usual soft limit (1024) would cap a server at
+    about a thousand sensors.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def _redact(url: str) -> str:
