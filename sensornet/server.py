@@ -25,12 +25,15 @@ from twisted.logger import Logger
 from .feed import LiveFeed
 from .metrics import ServerMetrics
 from .protocol import ImmediateSink, SensorServerFactory
+from .store import DEFAULT_STORE, redactURL
 
 __all__ = ["ServerConfig", "SensorServerService", "DEFAULT_LISTEN", "DEFAULT_HTTP", "DEFAULT_STORE"]
 
-DEFAULT_LISTEN = "tcp:5000"
+# A deep accept queue: after a server restart thousands of sensors reconnect
+# at once, and Twisted's default backlog of 50 would drop their SYNs into
+# second-long retransmission waits.
+DEFAULT_LISTEN = "tcp:5000:backlog=1024"
 DEFAULT_HTTP = "tcp:8080"
-DEFAULT_STORE = "sqlite:sensornet.db"
 
 
 @dataclass
@@ -132,7 +135,7 @@ class SensorServerService(MultiService):
         self._log.info(
             "sensornet server listening on {listen}; store {store}; HTTP {http}",
             listen=", ".join(self.config.listen),
-            store=_redact(self.config.store),
+            store=redactURL(self.config.store),
             http=self.config.http or "off",
         )
 
@@ -182,14 +185,3 @@ def _raiseFileLimit() -> None:
         except (ValueError, OSError):
             pass
 
-
-def _redact(url: str) -> str:
-    """
-    A store URL fit for a log: the password, if any, replaced by C{***}.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user, colon, _password = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from .feed import LiveFeed
 from .metrics import ServerMetrics
 from .reading import Reading
-from .store import Store, StoreRejected, StoreUnavailable, parseStoreURL, storeFromURL
+from .store import Store, StoreRejected, StoreUnavailable, parseStoreURL, redactURL, storeFromURL
 from .store.threads import WorkerThreads
 
 __all__ = ["BatchWriter", "PressureObserver"]
@@ -326,7 +326,7 @@ class BatchWriter(Service):
             return
         self._store = store
         self._backoff = self.initialBackoff
-        self._log.info("Store writer connected to {store}", store=_redact(self.storeURL))
+        self._log.info("Store writer connected to {store}", store=redactURL(self.storeURL))
         if not self._opened:
             self._opened = True
             waiting, self._whenOpen = self._whenOpen, []
@@ -344,12 +344,12 @@ class BatchWriter(Service):
         if failure.check(StoreUnavailable):
             self._log.warn(
                 "Cannot open store {store}: {error}; retrying in {delay}s",
-                store=_redact(self.storeURL), error=str(failure.value), delay=delay,
+                store=redactURL(self.storeURL), error=str(failure.value), delay=delay,
             )
         else:
             self._log.failure(
                 "Cannot open store {store}; retrying in {delay}s", failure,
-                store=_redact(self.storeURL), delay=delay,
+                store=redactURL(self.storeURL), delay=delay,
             )
         self._retry = self.reactor.callLater(delay, self._tryOpen)
 
@@ -569,14 +569,3 @@ class BatchWriter(Service):
         else:
             closed.addBoth(lambda _: stopping.callback(None))
 
-
-def _redact(url: str) -> str:
-    """
-    C{url} with its password, if any, replaced by C{***}.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user, colon, _password = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"

@@ -31,7 +31,20 @@ __all__ = [
     "parseStoreURL",
     "storeFromURL",
     "openStore",
+    "redactURL",
 ]
+
+
+def redactURL(url: str) -> str:
+    """
+    C{url} fit for a log line: its password, if any, replaced by C{***}.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, colon, _password = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def storeFromURL(url: str) -> Store:
