@@ -21,7 +21,9 @@ What stands in for what (see C{tests/rehearsal/standin.py}):
     tests, whose venvs also see this interpreter's site-packages, because
     the namespaces cannot reach a package registry. The package itself is
     the wheel built from this checkout (C{PackageSpec} = the wheel's path),
-    installed by the script's own C{pip install} with C{PIP_NO_INDEX=1}.
+    installed by the script's own C{pip install} with C{PIP_NO_INDEX=1},
+    C{PIP_NO_DEPS=1} and C{PIP_IGNORE_INSTALLED=1} (so it lands in the
+    script's venv even where the test interpreter has sensornet installed).
   - C{systemctl}: runs the unit's C{ExecStart} in the background in the
     host's namespace.
 
@@ -350,6 +352,11 @@ def _launch(lab: Lab, host: str, script: Path, root: Path, bin: Path) -> "subpro
         "SNRT_ROOT": str(root),
         "SNRT_SITE": _parentSite(),
         "PIP_NO_INDEX": "1",
+        # The test interpreter may have sensornet installed already (CI
+        # installs it): install the wheel into the script's venv anyway,
+        # alone, its dependencies coming from the parent's site-packages.
+        "PIP_IGNORE_INSTALLED": "1",
+        "PIP_NO_DEPS": "1",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "PIP_NO_CACHE_DIR": "1",
     }
