@@ -136,6 +136,9 @@ class SensorClientProtocol(LineOnlyReceiver):
 
 class _SensorFactory(Factory):
     protocol = SensorClientProtocol
+    # One factory per sensor, restarted on every reconnect: its start/stop
+    # lines would swamp the log of a process simulating thousands.
+    noisy = False
 
     def __init__(self, sensor: "SimulatedSensor") -> None:
         self.sensor = sensor
