@@ -1,7 +1,14 @@
 """
-The baseline the benchmark compares against: a bare Twisted server that
-acknowledges every line with one reply line and does nothing else (no
-parsing, no storage, no logging). Usage: python baseline_server.py PORT
+The baselines the benchmark compares against: bare Twisted servers that
+acknowledge every line and do nothing else (no parsing, no storage, no
+logging).
+
+    python baseline_server.py PORT [chunk|line]
+
+- C{chunk}: splits each chunk into lines and answers them all in one write
+  (the ceiling for Twisted's I/O on this machine);
+- C{line}: a C{LineOnlyReceiver} answering each line with C{sendLine} (the
+  textbook Twisted line server).
 """
 
 import sys
@@ -9,14 +16,10 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.basic import LineOnlyReceiver
 
 
-class Acker(Protocol):
-    """
-    Splits each chunk into lines (as LineOnlyReceiver does) and answers each
-    with C{ack}, in one write per chunk.
-    """
-
+class ChunkAcker(Protocol):
     _buffer = b""
 
     def dataReceived(self, data):
@@ -26,6 +29,14 @@ class Acker(Protocol):
             self.transport.write(b"ack\n" * len(lines))
 
 
+class LineAcker(LineOnlyReceiver):
+    delimiter = b"\n"
+
+    def lineReceived(self, line):
+        self.sendLine(b"ack")
+
+
 if __name__ == "__main__":
-    serverFromString(reactor, f"tcp:{sys.argv[1]}:interface=127.0.0.1").listen(Factory.forProtocol(Acker))
+    protocol = LineAcker if sys.argv[2:] == ["line"] else ChunkAcker
+    serverFromString(reactor, f"tcp:{sys.argv[1]}:interface=127.0.0.1").listen(Factory.forProtocol(protocol))
     reactor.run()

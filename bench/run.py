@@ -8,7 +8,10 @@ Each server runs in its own process on 127.0.0.1; the load generator
 (bench/loadgen.py) runs in another and sends pipelined native lines with
 seqs, counting acknowledgements. Rows:
 
-- baseline: a bare Twisted server acking each line (bench/baseline_server.py)
+- baseline: a bare Twisted server acking all lines of a chunk in one write
+  (bench/baseline_server.py): the ceiling of Twisted's I/O here; ratios are
+  against it
+- line-acker: the textbook LineOnlyReceiver answering each line with sendLine
 - parse+ack: sensornet with --store none (parsed, acknowledged, not stored)
 - sqlite: sensornet storing into SQLite, acking after commit
 - postgresql: the same into PostgreSQL (with --pg URL)
@@ -92,7 +95,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="sensornet-bench-") as workdir:
         port = freePort()
-        rows.append(measure("baseline", [sys.executable, os.path.join(HERE, "baseline_server.py"), str(port)], port, args))
+        baseline = os.path.join(HERE, "baseline_server.py")
+        rows.append(measure("baseline", [sys.executable, baseline, str(port), "chunk"], port, args))
+        port = freePort()
+        rows.append(measure("line-acker", [sys.executable, baseline, str(port), "line"], port, args))
         port = freePort()
         rows.append(measure("parse+ack", sensornetCommand(port, "none", workdir), port, args))
         port = freePort()

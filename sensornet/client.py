@@ -212,6 +212,7 @@ class SimulatedSensor(MultiService):
         start = int(clock.seconds() * 1_000_000)
         last = self.outbox.lastSeq()
         self.nextSeq = max(start, last + 1) if last is not None else start
+        self.firstSeq = self.nextSeq
         self.loop = LoopingCall(self.tick)
         self.loop.clock = clock
         self.connector = ClientService(
@@ -238,6 +239,13 @@ class SimulatedSensor(MultiService):
             d.addBoth(lambda result: (close(), result)[1])
         return d
 
+    @property
+    def produced(self) -> int:
+        """
+        How many readings this sensor has produced since it was made.
+        """
+        return self.nextSeq - self.firstSeq
+
     # -- producing -------------------------------------------------------
 
     def tick(self) -> None:
@@ -256,7 +264,6 @@ class SimulatedSensor(MultiService):
                 sensor=self.name, size=self.outbox.maxSize, n=len(dropped),
             )
         self.sendDue()
-        self.metrics.outboxLength.set(len(self.outbox))
 
     def sendDue(self) -> None:
         """
@@ -328,7 +335,6 @@ class SimulatedSensor(MultiService):
         if reply.kind == "ack" and reply.seq is not None:
             if self.outbox.acknowledge(reply.seq):
                 self.metrics.acksReceived.inc()
-                self.metrics.outboxLength.set(len(self.outbox))
         elif reply.kind == "retry" and reply.seq is not None:
             # Made due again: it goes out with the next tick's send.
             self.outbox.retry(reply.seq)

@@ -21,9 +21,10 @@ class ClientMetrics:
     Every metric a sensornet client exports, registered in C{self.registry}.
 
     @ivar outboxLength: C{sensornet_client_outbox_length}: readings waiting
-        for an acknowledgement (sent or not yet sent).
-    @ivar connected: C{sensornet_client_connected}: 1 while connected to the
-        server, else 0.
+        for an acknowledgement (sent or not yet sent), over every sensor of
+        the process.
+    @ivar connected: C{sensornet_client_connected}: how many of the
+        process's sensors are connected to the server now.
     @ivar readingsSent: C{sensornet_client_readings_sent_total}: reading
         lines written to the server, resends included.
     @ivar resends: C{sensornet_client_resends_total}: of those, lines sent
@@ -40,10 +41,10 @@ class ClientMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.outboxLength = Gauge(
-            "sensornet_client_outbox_length", "Readings waiting for an acknowledgement.", registry=r
+            "sensornet_client_outbox_length", "Readings waiting for an acknowledgement, all sensors.", registry=r
         )
         self.connected = Gauge(
-            "sensornet_client_connected", "1 while connected to the server, else 0.", registry=r
+            "sensornet_client_connected", "Sensors of this process connected to the server now.", registry=r
         )
         self.readingsSent = Counter(
             "sensornet_client_readings_sent", "Reading lines written to the server, resends included.",

@@ -185,3 +185,50 @@ def test_sensor_resends_what_it_held_after_the_server_restarts(reactor, tmp_path
     yield server.stopService()
     seqs = storedSeqs(db, "restarter")
     assert seqs == list(range(seqs[0], sensor.nextSeq))
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_metrics_endpoint_counts_what_the_sensors_did(reactor):
+    """
+    twistd sensornet-client --metrics ENDPOINT: the process's sensors report
+    sent readings, acks, reconnects and the outbox over HTTP, summed.
+    """
+    import treq
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sensornet.tap import client as clienttap
+
+    server = startServer(reactor)
+    port = yield listeningPort(server)
+    options = clienttap.Options()
+    options.parseOptions([
+        "--kind", "humidity", "--server", f"127.0.0.1:{port}", "--sensors", "3",
+        "--interval", "0.05", "--metrics", "tcp:0:interface=127.0.0.1",
+    ])
+    service = clienttap.makeService(options, reactor)
+    service.startService()
+    web = [s for s in service if not hasattr(s, "outbox")][0]
+    sensors = [s for s in service if hasattr(s, "outbox")]
+    try:
+        webPort = yield web._waitingForPort
+        yield waitFor(reactor, lambda: all(s.connections for s in sensors))
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        for s in sensors:
+            s.loop.stop()
+        yield waitFor(reactor, lambda: not any(len(s.outbox) for s in sensors))
+        response = yield treq.get(f"http://127.0.0.1:{webPort.getHost().port}/metrics").addTimeout(TIMEOUT, reactor)
+        text = yield treq.text_content(response)
+    finally:
+        yield service.stopService()
+        yield server.stopService()
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    produced = sum(s.produced for s in sensors)
+    assert values["sensornet_client_connected"] == 3
+    assert values["sensornet_client_outbox_length"] == 0
+    assert values["sensornet_client_acks_received_total"] == produced
+    assert values["sensornet_client_readings_sent_total"] >= produced
+    assert values["sensornet_client_reconnects_total"] == 0

@@ -112,5 +112,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         StreamServerEndpointService(
             serverFromString(reactor, options["metrics"]), makeClientMetricsSite(metrics)
         ).setServiceParent(top)
-    makeSensors(options, reactor, top, metrics)
+    sensors = makeSensors(options, reactor, top, metrics)
+    if metrics is not None:
+        # Read at scrape time, summed over every sensor of the process.
+        metrics.outboxLength.set_function(lambda: sum(len(s.outbox) for s in sensors))
+        metrics.connected.set_function(lambda: sum(1 for s in sensors if s.protocol is not None))
     return top
