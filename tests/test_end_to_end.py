@@ -232,3 +232,75 @@ def test_client_metrics_endpoint_counts_what_the_sensors_did(reactor):
     assert values["sensornet_client_acks_received_total"] == produced
     assert values["sensornet_client_readings_sent_total"] >= produced
     assert values["sensornet_client_reconnects_total"] == 0
+
+
+def selfSignedCertificate(directory):
+    """
+    A key and a self-signed certificate for localhost / 127.0.0.1, as PEM
+    files in C{directory}; returns (key path, certificate path).
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keyPath = directory / "key.pem"
+    certPath = directory / "cert.pem"
+    keyPath.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    certPath.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return keyPath, certPath
+
+
+@pytest_twisted.inlineCallbacks
+def test_sensor_over_tls_with_endpoint_strings(reactor, tmp_path):
+    """
+    TLS comes from endpoint strings alone: the server listens on ssl:...,
+    the sensor connects with tls:... and verifies the server's certificate.
+    """
+    keyPath, certPath = selfSignedCertificate(tmp_path)
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "cert.pem").write_bytes(certPath.read_bytes())
+    config = ServerConfig(
+        listen=[f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}"], http=None, store="none"
+    )
+    server = SensorServerService(config, reactor)
+    server.startService()
+    port = yield listeningPort(server)
+    from twisted.internet.endpoints import clientFromString
+
+    sensor = SimulatedSensor(
+        "tls-sensor", "temperature", KINDS["temperature"],
+        clientFromString(reactor, f"tls:host=127.0.0.1:port={port}:trustRoots={roots}"),
+        reactor, interval=0.05, rng=random.Random(3),
+    )
+    sensor.startService()
+    try:
+        yield waitFor(reactor, lambda: sensor.produced >= 5 and sensor.connections)
+        sensor.loop.stop()
+        yield waitFor(reactor, lambda: not len(sensor.outbox))
+        assert server.factory.metrics.readingsReceived.labels("native")._value.get() >= 5
+        assert sensor.protocol.transport.getPeerCertificate() is not None
+    finally:
+        yield sensor.stopService()
+        yield server.stopService()
