@@ -2,7 +2,7 @@
 sensornet's throughput benchmark: one command, ratios against a baseline
 measured in the same run.
 
-    python bench/run.py [--total N] [--connections C] [--pg postgresql://...]
+    python bench/run.py [--total N] [--connections C] [--pg postgresql://...|temp]
 
 Each server runs in its own process on 127.0.0.1; the load generator
 (bench/loadgen.py) runs in another and sends pipelined native lines with
@@ -14,7 +14,8 @@ seqs, counting acknowledgements. Rows:
 - line-acker: the textbook LineOnlyReceiver answering each line with sendLine
 - parse+ack: sensornet with --store none (parsed, acknowledged, not stored)
 - sqlite: sensornet storing into SQLite, acking after commit
-- postgresql: the same into PostgreSQL (with --pg URL)
+- postgresql: the same into PostgreSQL (with --pg URL, or --pg temp for a
+  throwaway server started here with initdb, fsync on, as in production)
 
 Nothing here asserts a speed: it prints numbers and ratios to read.
 """
@@ -89,8 +90,29 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=1_000_000, help="lines per row (default 1000000)")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60.0, help="time limit per row")
-    parser.add_argument("--pg", help="PostgreSQL URL for the postgresql row (its database is written to)")
+    parser.add_argument(
+        "--pg", help="PostgreSQL URL for the postgresql row (its database is written to), or 'temp'"
+    )
     args = parser.parse_args()
+    if args.pg == "temp":
+        # The test suite's throwaway server (initdb in a temporary directory),
+        # with fsync on so the row measures real durability.
+        sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+        from pgserver import PostgreSQLServer
+
+        server = PostgreSQLServer(fsync=True)
+        server.initdb()
+        server.start()
+        try:
+            args.pg = server.createDatabase("bench")
+            run(args)
+        finally:
+            server.destroy()
+    else:
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="sensornet-bench-") as workdir:
