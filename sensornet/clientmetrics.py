@@ -8,10 +8,12 @@ client code updates the attributes; L{makeClientMetricsSite} serves them.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
+
+from .web.api import MetricsResource
 
 __all__ = ["ClientMetrics", "makeClientMetricsSite"]
 
@@ -65,19 +67,6 @@ class ClientMetrics:
         )
 
 
-class _MetricsPage(Resource):
-    isLeaf = True
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
-        self._registry = registry
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        request.setHeader(b"cache-control", b"no-store")
-        return generate_latest(self._registry)
-
-
 class _Root(Resource):
     def getChild(self, path: bytes, request: Request) -> IResource:
         return notFound("No such resource", "Only /metrics is served here.")
@@ -89,7 +78,7 @@ def makeClientMetricsSite(metrics: ClientMetrics) -> Site:
     text format (every other path: 404).
     """
     root = _Root()
-    root.putChild(b"metrics", _MetricsPage(metrics.registry))
+    root.putChild(b"metrics", MetricsResource(metrics.registry))
     site = Site(root)
     site.displayTracebacks = False
     return site

@@ -81,8 +81,17 @@ def drain(reactor, made):
         if sensor.loop.running:
             sensor.loop.stop()
     yield waitFor(reactor, lambda: all(len(s.outbox) == 0 for s in made), what="all outboxes empty")
+    yield stopSensors(made)
+
+
+@defer.inlineCallbacks
+def stopSensors(made):
+    """
+    Stop every sensor still running (clean-up after a failed assertion).
+    """
     for sensor in made:
-        yield sensor.stopService()
+        if sensor.running:
+            yield sensor.stopService()
 
 
 def storedRows(url):
@@ -130,9 +139,7 @@ def test_sigkill_while_streaming_loses_nothing_and_doubles_nothing(reactor, tmp_
         yield sleep(reactor, 1.0)
         yield drain(reactor, made)
     finally:
-        for s in made:
-            if s.running:
-                yield s.stopService()
+        yield stopSensors(made)
         server.kill()
     assertExactlyOnce(store_url, made)
     assert all(s.connections >= 2 for s in made)
@@ -155,9 +162,7 @@ def test_postgresql_restart_under_load_is_survived(reactor, tmp_path, postgresql
         assert server.alive()
         yield drain(reactor, made)
     finally:
-        for s in made:
-            if s.running:
-                yield s.stopService()
+        yield stopSensors(made)
         server.terminate()
     assertExactlyOnce(url, made)
 
@@ -188,9 +193,7 @@ def test_database_gone_acknowledges_nothing_and_the_server_keeps_serving(
             yield threads.deferToThread(postgresql.start)
         yield drain(reactor, made)
     finally:
-        for s in made:
-            if s.running:
-                yield s.stopService()
+        yield stopSensors(made)
         server.terminate()
     assertExactlyOnce(url, made)
 
@@ -349,9 +352,7 @@ def test_network_cut_then_restored_loses_nothing(reactor, tmp_path):
         hole.cut = False
         yield drain(reactor, made)
     finally:
-        for s in made:
-            if s.running:
-                yield s.stopService()
+        yield stopSensors(made)
         yield port.stopListening()
         for pair in hole.pairs:
             pair.transport.loseConnection()
