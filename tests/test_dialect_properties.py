@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from sensornet.dialects import formatNative, parseLine
 from sensornet.dialects._common import IMPLIED_UNITS
+from sensornet.dialects import native
 from sensornet.dialects.native import parseCanonical, parseFast, parseSlow
 from sensornet.reading import DIALECTS, LineError, Reading
 
@@ -157,3 +158,86 @@ def test_formatNativeRoundTrip(reading):
     assert b"\n" not in line
     assert parseLine(line) == reading
     assert parseSlow(line) == reading
+
+
+# Heads (measurement and tags) for the cache tests: canonical ones, some
+# with names at and over their length limits, and some that share a
+# canonical head's beginning but leave the canonical shape after it.
+CACHE_HEADS = st.sampled_from(
+    [
+        b"temperature,sensor=client-1,unit=C",
+        b"temperature,sensor=client-1",
+        b"Humidity,sensor=client-2",
+        b"pressure,sensor=p,unit=hPa",
+        b"temperature,sensor=client-1,unit=C,site=x",
+        b"temperature,sensor=client-1,unit=" + b"u" * 17,
+        b"temperature,sensor=client-1,unit=" + b"u" * 16,
+        b"temperature,sensor=" + b"s" * 129,
+        b"temperature,sensor=" + b"s" * 128,
+        b"m" * 65 + b",sensor=a",
+        b"temperature,sensor=client\\ 1",
+        "temperature,sensor=clïent".encode(),
+        b"temperature,host=client-1",
+        b"temperature,sensor=client-1,unit=C,unit=F",
+        b"temperature,sensor=client-1\r",
+        b"temperature",
+        b"",
+    ]
+)
+
+# What follows the head: valid and invalid values, seqs and timestamps, and
+# junk after an otherwise canonical rest.
+CACHE_RESTS = st.tuples(
+    st.sampled_from([b"value=", b"value=", b"seq=1i,value=", b"Value=", b"other="]),
+    NUMBERS | INTEGERS.map(lambda i: i + b"i") | st.sampled_from([b"21.25", b"-3", b"1e5", b"nan", b'"x"', b""]),
+    st.just(b"") | INTEGERS.map(lambda i: b",seq=" + i + b"i") | st.sampled_from([b",seq=42u", b",seq=42", b",seq=x"]),
+    st.just(b"") | INTEGERS.map(lambda i: b" " + i) | st.sampled_from([b" 1718100942123456789", b" ", b" 1 2", b" 1e9"]),
+    st.sampled_from([b"", b"", b"", b"\r", b" ", b"\t", b",x=1", b" junk"]),
+).map(b"".join)
+
+
+def parseUncached(line):
+    """
+    Parse C{line} as a server seeing it first would: with an empty head
+    cache.
+    """
+    native._heads.clear()
+    return parseLine(line)
+
+
+@FAST
+@given(st.lists(st.tuples(CACHE_HEADS, CACHE_RESTS), min_size=1, max_size=30))
+def test_headCacheNeverChangesResults(pairs):
+    """
+    Lines parsed one after another, so that later ones find their head
+    cached (repeated heads with varying values, seqs and timestamps, and
+    lines that share a cached head but go wrong after it), give exactly what
+    each gives parsed alone with an empty cache; and what the canonical path
+    accepts, the thorough parser reads the same way.
+    """
+    lines = [head + b" " + rest for head, rest in pairs]
+    expected = [parseUncached(line) for line in lines]
+    native._heads.clear()
+    for line, want in zip(lines, expected):
+        got = parseLine(line)
+        assert got == want, line
+        checkResult(got)
+        canonical = parseCanonical(line)
+        if canonical is not None:
+            assert canonical == want
+            assert parseSlow(line) == canonical
+
+
+def test_headCacheIsBounded():
+    """
+    However many different heads arrive, the cache holds at most its limit,
+    and lines keep parsing the same way once it has been emptied.
+    """
+    native._heads.clear()
+    for i in range(native._HEADS_LIMIT * 2 + 10):
+        line = b"temperature,sensor=s%d value=%d.5,seq=%di 1000000000" % (i, i, i)
+        assert parseLine(line) == Reading(f"s{i}", "temperature", i + 0.5, "C", 1.0, i, "native")
+        assert 1 <= len(native._heads) <= native._HEADS_LIMIT
+    assert parseLine(b"temperature,sensor=s0 value=0.5,seq=0i 1000000000") == Reading(
+        "s0", "temperature", 0.5, "C", 1.0, 0, "native"
+    )

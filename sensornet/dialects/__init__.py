@@ -50,12 +50,17 @@ def parseLine(line: bytes) -> Union[Reading, LineError]:
         defaults, or a L{LineError}.
     """
     try:
-        if line[-1:] == b"\r":
-            line = line[:-1]
-        # No seed or Graphite line has this shape: try it first.
+        # No seed or Graphite line has this shape: try it first, before
+        # looking for a CR (the canonical shape has none, so a line that
+        # ends with one is only tried again once the CR is gone).
         reading = parseCanonical(line)
         if reading is not None:
             return reading
+        if line[-1:] == b"\r":
+            line = line[:-1]
+            reading = parseCanonical(line)
+            if reading is not None:
+                return reading
         if b" - " in line:
             result = parseSeed(line)
             if result is not None:

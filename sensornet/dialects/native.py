@@ -19,7 +19,9 @@ field values are double-quoted, with C{\\"} and C{\\\\} inside.
 
 Three parsers live here, tried in turn by L{sensornet.dialects.parseLine}.
 L{parseCanonical} reads the most common shape (the one L{formatNative} and
-sensornet's client write) with one regular expression; L{parseFast} handles
+sensornet's client write) with a regular expression, remembering the names
+read from each sensor's measurement and tags (a small bounded cache) so
+that its next lines only have their fields read; L{parseFast} handles
 any other everyday line (ASCII, no backslash, no double quote, no control
 character) with a handful of C{bytes} operations. Both return L{None} at the
 first surprise, and L{parseSlow} then handles the line with every escape
@@ -30,7 +32,7 @@ one on every line they accept (property tests check it).
 from __future__ import annotations
 
 import re
-from typing import FrozenSet, List, Optional, Tuple, Union
+from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 from ..reading import LineError, Reading
 from ._common import (
@@ -66,13 +68,49 @@ _NS_PER_SECOND = 1_000_000_000
 # The line this project's own client writes, and the most common shape from
 # other writers: measurement, sensor tag, optional unit tag, value field,
 # optional integer seq field, optional timestamp, ASCII without anything
-# that needs escaping. One regular expression match reads it all; the
-# character classes keep out control characters, escapes and quotes.
+# that needs escaping. The character classes keep out control characters,
+# escapes, quotes and spaces, so the first space of such a line ends its
+# head (measurement and tags) and two regular expressions read the line: one
+# for the head, one for the rest.
 _NAME = rb'[^\x00-\x20,=\\"\x7f-\xff]+'
-_CANONICAL = re.compile(
-    rb"(" + _NAME + rb"),sensor=(" + _NAME + rb")(?:,unit=(" + _NAME + rb"))?"
-    rb" value=([0-9.eE+-]+)(?:,seq=([0-9]{1,19})[iu])?(?: (-?[0-9]{1,19}))?\Z"
-).match
+_HEAD = re.compile(rb"(" + _NAME + rb"),sensor=(" + _NAME + rb")(?:,unit=(" + _NAME + rb"))?\Z").match
+_REST = re.compile(rb"value=([0-9.eE+-]+)(?:,seq=([0-9]{1,19})[iu])?(?: (-?[0-9]{1,19}))?\Z").match
+
+# A sensor sends the same head on every line, so the names decoded from a
+# valid head are kept: most lines then cost a dictionary look-up for their
+# head and one match for the rest. Only heads that passed every check are
+# kept, and the cache is emptied when full, which bounds its memory whatever
+# the senders write. It holds the result of a pure function of the head, so
+# it cannot change what any line gives.
+_HEADS_LIMIT = 4096
+_heads: Dict[bytes, Tuple[str, str, str]] = {}
+
+
+def _canonicalHead(head: bytes) -> Optional[Tuple[str, str, str]]:
+    """
+    Read the head of a canonical line (C{kind,sensor=S[,unit=U]}) into
+    C{(sensor, kind, unit)}, or L{None} when it has another shape or a name
+    is too long; remember a valid head in L{_heads}.
+    """
+    match = _HEAD(head)
+    if match is None:
+        return None
+    meas, sensorRaw, unitRaw = match.groups()
+    # The character classes admit ASCII only: decode() cannot fail.
+    sensor = sensorRaw.decode()
+    kind = meas.lower().decode()
+    if len(sensor) > MAX_SENSOR or len(kind) > MAX_KIND:
+        return None
+    if unitRaw is None:
+        unit = IMPLIED_UNITS.get(kind, "")
+    else:
+        unit = unitRaw.decode()
+        if len(unit) > MAX_UNIT:
+            return None
+    if len(_heads) >= _HEADS_LIMIT:
+        _heads.clear()
+    names = _heads[head] = (sensor, kind, unit)
+    return names
 
 
 def parseCanonical(line: bytes) -> Optional[Reading]:
@@ -85,10 +123,16 @@ def parseCanonical(line: bytes) -> Optional[Reading]:
     anything is wrong with it (the caller then tries L{parseFast} and
     L{parseSlow}).
     """
-    match = _CANONICAL(line)
+    head, _, rest = line.partition(b" ")
+    names = _heads.get(head)
+    if names is None:
+        names = _canonicalHead(head)
+        if names is None:
+            return None
+    match = _REST(rest)
     if match is None:
         return None
-    meas, sensorRaw, unitRaw, valueRaw, seqRaw, tsRaw = match.groups()
+    valueRaw, seqRaw, tsRaw = match.groups()
     try:
         value = float(valueRaw)
     except ValueError:
@@ -108,17 +152,7 @@ def parseCanonical(line: bytes) -> Optional[Reading]:
         if ns > MAX_NS or ns < MIN_NS:
             return None
         ts = ns / _NS_PER_SECOND
-    sensor = sensorRaw.decode()
-    kind = meas.lower().decode()
-    if len(sensor) > MAX_SENSOR or len(kind) > MAX_KIND:
-        return None
-    if unitRaw is None:
-        unit = IMPLIED_UNITS.get(kind, "")
-    else:
-        unit = unitRaw.decode()
-        if len(unit) > MAX_UNIT:
-            return None
-    return Reading(sensor, kind, value, unit, ts, seq, "native")
+    return Reading(names[0], names[1], value, names[2], ts, seq, "native")
 
 
 def parseFast(head: bytes, rest: bytes) -> Optional[Reading]:
