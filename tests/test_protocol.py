@@ -273,19 +273,48 @@ def test_too_many_readings_awaiting_commit_pause_the_connection():
     assert transport.producerState == "producing"
 
 
-def test_one_log_event_per_chunk_in_the_seed_shape():
-    factory, protocol, transport, _, events = connect()
+def test_reading_log_lines_in_the_seed_shape_coalesced_into_one_event():
+    """
+    Every reading line is logged as "Received from PEER: LINE", and what
+    arrives within the log interval, over any number of chunks and
+    connections, is one log event.
+    """
+    factory, protocol, transport, clock, events = connect()
+    other = factory.buildProtocol(None)
+    other.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.2.136", 40000)))
+    events.clear()
     protocol.dataReceived(b"".join(b"t,sensor=a value=1,seq=%di\n" % i for i in range(50)))
+    other.dataReceived("Sensor1 - Temperatura: 25.34°C\n".encode("utf-8"))
+    assert [e for e in events if "text" in e] == []
+    clock.advance(factory.readingLogInterval)
     readingEvents = [e for e in events if "text" in e]
     assert len(readingEvents) == 1
-    text = str(readingEvents[0]["text"])
-    assert text.splitlines()[0] == "Received from 10.0.2.135:54812: t,sensor=a value=1,seq=0i"
-    assert len(text.splitlines()) == 50
+    lines = str(readingEvents[0]["text"]).splitlines()
+    assert len(lines) == 51
+    assert lines[0] == "Received from 10.0.2.135:54812: t,sensor=a value=1,seq=0i"
+    assert lines[-1] == "Received from 10.0.2.136:40000: Sensor1 - Temperatura: 25.34°C"
+    assert not clock.getDelayedCalls()
+
+
+def test_connection_events_keep_their_place_in_the_reading_log():
+    """
+    A connection closing flushes the reading lines before it, so the log
+    never shows a reading after its connection closed.
+    """
+    factory, protocol, transport, clock, events = connect()
+    events.clear()
+    protocol.dataReceived(b"t,sensor=a value=1,seq=1i\n")
+    protocol.connectionLost(None)
+    texts = [str(e.get("text", e.get("log_format"))) for e in events]
+    assert texts[0].startswith("Received from 10.0.2.135:54812: ")
+    assert "closed" in texts[1]
+    assert not clock.getDelayedCalls()
 
 
 def test_reading_log_can_be_turned_off():
-    _, protocol, transport, _, events = connect(logReadings=False)
+    factory, protocol, transport, clock, events = connect(logReadings=False)
     protocol.dataReceived(b"t,sensor=a value=1,seq=1i\n")
+    clock.advance(factory.readingLogInterval)
     assert [e for e in events if "text" in e] == []
     assert transport.value() == b"ack 1\n"
 
