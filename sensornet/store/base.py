@@ -256,6 +256,37 @@ class Store:
         raise NotImplementedError()
 
 
+def readingFilters(
+    sensor: Optional[str],
+    kind: Optional[str],
+    since: Optional[float],
+    until: Optional[float],
+    placeholder: str,
+    timeParameter: str,
+) -> Tuple[List[str], List[Any]]:
+    """
+    The C{WHERE} conditions and parameters of L{Store.readings}'s filters,
+    for a backend whose parameter placeholder is C{placeholder} and whose
+    seconds-since-the-epoch parameter, compared with C{ts}, is written
+    C{timeParameter} (C{"?"}; C{"to_timestamp(%s::float8)"}).
+    """
+    where: List[str] = []
+    params: List[Any] = []
+    if sensor is not None:
+        where.append(f"sensor = {placeholder}")
+        params.append(sensor)
+    if kind is not None:
+        where.append(f"kind = {placeholder}")
+        params.append(kind)
+    if since is not None:
+        where.append(f"ts >= {timeParameter}")
+        params.append(float(since))
+    if until is not None:
+        where.append(f"ts < {timeParameter}")
+        params.append(float(until))
+    return where, params
+
+
 def effectiveTime(reading: Reading) -> float:
     """
     The time a reading is stored under: its own C{ts}, or when it was

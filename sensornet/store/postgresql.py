@@ -29,6 +29,7 @@ from .base import (
     StoreUnavailable,
     WriteResult,
     loadMigrations,
+    readingFilters,
     summarize,
 )
 
@@ -288,20 +289,7 @@ class PostgreSQLStore(Store):
         limit: int = 1000,
         after: Optional[Tuple[Any, int]] = None,
     ) -> List[Dict[str, Any]]:
-        where: List[str] = []
-        params: List[Any] = []
-        if sensor is not None:
-            where.append("sensor = %s")
-            params.append(sensor)
-        if kind is not None:
-            where.append("kind = %s")
-            params.append(kind)
-        if since is not None:
-            where.append("ts >= to_timestamp(%s::float8)")
-            params.append(float(since))
-        if until is not None:
-            where.append("ts < to_timestamp(%s::float8)")
-            params.append(float(until))
+        where, params = readingFilters(sensor, kind, since, until, "%s", "to_timestamp(%s::float8)")
         if after is not None:
             position, lastId = after
             if isinstance(position, int):

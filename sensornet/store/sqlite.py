@@ -33,6 +33,7 @@ from .base import (
     StoreUnavailable,
     WriteResult,
     loadMigrations,
+    readingFilters,
     summarize,
 )
 
@@ -362,20 +363,7 @@ class SQLiteStore(Store):
         limit: int = 1000,
         after: Optional[Tuple[Any, int]] = None,
     ) -> List[Dict[str, Any]]:
-        where: List[str] = []
-        params: List[Any] = []
-        if sensor is not None:
-            where.append("sensor = ?")
-            params.append(sensor)
-        if kind is not None:
-            where.append("kind = ?")
-            params.append(kind)
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(float(since))
-        if until is not None:
-            where.append("ts < ?")
-            params.append(float(until))
+        where, params = readingFilters(sensor, kind, since, until, "?", "?")
         if after is not None:
             where.append("(ts, id) > (?, ?)")
             params.extend((float(after[0]), int(after[1])))
