@@ -358,3 +358,78 @@ def test_network_cut_then_restored_loses_nothing(reactor, tmp_path):
             pair.transport.loseConnection()
         server.terminate()
     assertExactlyOnce(store, made)
+
+
+@pytest.fixture
+def tinyDisk(tmp_path):
+    """
+    A 4 MiB tmpfs mounted for the test: a disk that really fills up.
+    """
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fillDisk(directory):
+    """
+    Write a filler file until the filesystem is full; returns its path.
+    """
+    filler = directory / "filler"
+    block = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(block)
+            except OSError:
+                break
+        # The last bytes, in smaller pieces.
+        for size in (4096, 512, 1):
+            while True:
+                try:
+                    f.write(b"\0" * size)
+                except OSError:
+                    break
+    return filler
+
+
+@pytest_twisted.inlineCallbacks
+def test_disk_full_acknowledges_nothing_unstored_and_recovers(reactor, tmp_path, tinyDisk):
+    """
+    The SQLite store's disk fills up while sensors stream: nothing is
+    acknowledged that was not stored, the server stays up and answers
+    other connections, and once space is freed every reading is stored
+    exactly once.
+    """
+    store = f"sqlite:{tinyDisk / 'sensornet.db'}"
+    server = ServerProcess(store, str(tmp_path), extra=["--no-log-readings"]).start()
+    made = sensors(reactor, server.port, 2, "diskfull")
+    filler = None
+    try:
+        yield waitFor(reactor, lambda: all(len(s.outbox.acked) > 5 for s in made), what="first acks")
+        filler = yield threads.deferToThread(fillDisk, tinyDisk)
+        yield sleep(reactor, 1.0)
+        ackedWhileFull = {s.name: set(s.outbox.acked) for s in made}
+        yield sleep(reactor, 1.5)
+        # The disk stays full: nothing more is acknowledged...
+        assert {s.name: set(s.outbox.acked) for s in made} == ackedWhileFull
+        assert all(len(s.outbox) > 20 for s in made)
+        # ...the server is up and answers another connection...
+        reply = yield threads.deferToThread(exchange, server.port, b"temperature,sensor=x value=1,seq=1i\n")
+        assert reply.startswith(b"error seq=1: not stored, try again"), reply
+        assert server.alive()
+        # ...and freeing space lets everything through.
+        filler.unlink()
+        yield drain(reactor, made)
+    finally:
+        yield stopSensors(made)
+        server.terminate()
+    assertExactlyOnce(store, made)
