@@ -433,3 +433,47 @@ def test_disk_full_acknowledges_nothing_unstored_and_recovers(reactor, tmp_path,
         yield stopSensors(made)
         server.terminate()
     assertExactlyOnce(store, made)
+
+
+@pytest_twisted.inlineCallbacks
+def test_constraint_error_rejects_only_the_bad_reading(reactor, tmp_path, postgresql_db):
+    """
+    A reading the database refuses (a CHECK constraint added by the
+    operator) is answered "rejected" and not stored; the readings around it
+    in the same chunk are stored and acknowledged; the server keeps serving.
+    """
+    import psycopg
+
+    server = ServerProcess(postgresql_db, str(tmp_path)).start()
+    try:
+        # The server created the schema on start; now the operator tightens it.
+        reply = yield threads.deferToThread(exchange, server.port, b"temperature,sensor=c value=1,seq=1i\n")
+        assert reply == b"ack 1\n"
+        with psycopg.connect(postgresql_db, autocommit=True) as db:
+            db.execute("ALTER TABLE readings ADD CONSTRAINT plausible CHECK (value < 1000)")
+        lines = (
+            b"temperature,sensor=c value=20,seq=2i\n"
+            b"temperature,sensor=c value=5000,seq=3i\n"
+            b"temperature,sensor=c value=21,seq=4i\n"
+        )
+
+        def send():
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+                s.sendall(lines)
+                data = b""
+                while data.count(b"\n") < 3:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                return data
+
+        replies = (yield threads.deferToThread(send)).splitlines()
+        assert replies[0] == b"ack 2"
+        assert replies[1].startswith(b"error seq=3: rejected: ") and b"plausible" in replies[1]
+        assert replies[2] == b"ack 4"
+        reply = yield threads.deferToThread(exchange, server.port, b"temperature,sensor=c value=22,seq=5i\n")
+        assert reply == b"ack 5\n"
+    finally:
+        server.terminate()
+    assert sorted(seq for name, seq in storedRows(postgresql_db) if name == "c") == [1, 2, 4, 5]
