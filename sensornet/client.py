@@ -35,20 +35,25 @@ __all__ = ["SensorClientProtocol", "SimulatedSensor", "parseReply", "Reply", "se
 #: The server port a bare host name means, as in the seed.
 DEFAULT_PORT = 5000
 
+# Client endpoint types whose strings may have no "=" (tls:host:port,
+# unix:/path): such a value is an endpoint string, not HOST:PORT.
+_ENDPOINT_TYPES = frozenset(["tcp", "tcp6", "tls", "ssl", "unix", "tor"])
+
 
 def serverEndpointString(server: str) -> str:
     """
     Turn C{--server}'s value into a client endpoint string: C{HOST},
     C{HOST:PORT} and C{[IPv6]:PORT} mean TCP (port 5000 by default);
-    anything with a C{=} in it, or starting with C{unix:}, is already an
-    endpoint string (C{tcp:host=...:port=...}, C{tls:...}, C{ssl:...}).
+    anything with a C{=} in it, or starting with an endpoint type
+    (C{tcp:}, C{tls:}, C{ssl:}, C{unix:}, ...), is already an endpoint
+    string (C{tcp:host=...:port=...}, C{tls:HOST:PORT}, C{unix:/path}).
 
     @raise ValueError: For an empty value or a port that is not a number.
     """
     server = server.strip()
     if not server:
         raise ValueError("empty server address")
-    if "=" in server or server.startswith("unix:"):
+    if "=" in server or server.split(":", 1)[0] in _ENDPOINT_TYPES:
         return server
     if server.startswith("["):
         host, _, rest = server[1:].partition("]")

@@ -245,6 +245,8 @@ def test_random_walk_is_reproducible_and_bounded():
         ("[::1]:5001", "tcp:host=\\:\\:1:port=5001"),
         ("tcp:host=h:port=1", "tcp:host=h:port=1"),
         ("unix:/tmp/s.sock", "unix:/tmp/s.sock"),
+        ("tls:server.example:5000", "tls:server.example:5000"),
+        ("localhost", "tcp:host=localhost:port=5000"),
     ],
 )
 def test_server_option_takes_host_port_or_an_endpoint(given, expected):

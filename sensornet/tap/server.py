@@ -45,8 +45,7 @@ class Options(usage.Options):
 
     def opt_listen(self, description: str) -> None:
         """
-        Endpoint to accept sensors on (default tcp:5000:backlog=1024); may be given more
-        than once.
+        Endpoint to accept sensors on (default tcp:5000:backlog=1024); repeatable.
         """
         self["listen"].append(description)
 
