@@ -13,7 +13,7 @@ even though acknowledgements wait for a commit and error replies do not.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Dict, List, Optional, Protocol as TypingProtocol, Set, Tuple
+from typing import Any, Collection, Dict, List, Optional, Protocol as TypingProtocol, Set, Tuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime

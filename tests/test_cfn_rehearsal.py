@@ -52,7 +52,6 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-import cfnlint  # noqa: E402,F401  (a test dependency: the [test] extra installs it)
 from cfnlint import decode as cfnlint_decode  # noqa: E402
 
 import cfn_render  # noqa: E402

@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-import cfnlint  # noqa: E402  (a test dependency: the [test] extra installs it)
 from cfnlint import api as cfnlint_api  # noqa: E402
 from cfnlint import decode as cfnlint_decode  # noqa: E402
 

@@ -24,7 +24,7 @@ from sensornet.client import SimulatedSensor
 from sensornet.outbox import Outbox
 from sensornet.simulate import KINDS
 
-from serverproc import ServerProcess, freePort
+from serverproc import ServerProcess
 
 TIMEOUT = 60
 

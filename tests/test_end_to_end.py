@@ -10,7 +10,6 @@ import random
 import socket
 import sqlite3
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Set, Tuple
 
-import pytest
 import pytest_twisted
 import yaml
 from jsonschema import Draft202012Validator
