@@ -52,13 +52,31 @@ def waitPort(port: int, timeout: float = 20.0) -> None:
     raise SystemExit(f"server on port {port} did not start")
 
 
-def sensornetCommand(port: int, store: str, workdir: str) -> list:
+def sensornetCommand(
+    port: int, store: str, workdir: str, http: str = "none", logReadings: bool = False, backlog: int = 1024
+) -> list:
+    """
+    The command line of a sensornet server (the installed twistd plugin) on
+    127.0.0.1:C{port}.
+    """
     return [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "-n", "--pidfile=", "--logfile", os.path.join(workdir, "server.log"),
-        "sensornet-server", "--listen", f"tcp:{port}:interface=127.0.0.1", "--http", "none",
-        "--store", store, "--no-log-readings",
-    ]
+        "sensornet-server", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}", "--http", http,
+        "--store", store,
+    ] + ([] if logReadings else ["--no-log-readings"])
+
+
+def stopServer(server: subprocess.Popen, timeout: float = 30.0) -> None:
+    """
+    SIGTERM, as a service manager would; SIGKILL if it does not exit in time.
+    """
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def measure(name: str, command: list, port: int, args: argparse.Namespace) -> dict:
@@ -77,12 +95,7 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace) -> di
         result["name"] = name
         return result
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stopServer(server)
 
 
 def main() -> None:

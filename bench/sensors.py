@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import resource
 import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import freePort, waitPort  # noqa: E402
+from run import freePort, sensornetCommand, stopServer, waitPort  # noqa: E402
 
 
 def raiseFileLimit(n: int) -> None:
@@ -163,11 +162,10 @@ def main() -> None:
         port = freePort()
         httpPort = freePort()
         server = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "--logfile", os.path.join(workdir, "server.log"),
-             "sensornet-server", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-             "--http", f"tcp:{httpPort}:interface=127.0.0.1", "--store", store]
-            + ([] if args.log_readings else ["--no-log-readings"]),
+            sensornetCommand(
+                port, store, workdir, http=f"tcp:{httpPort}:interface=127.0.0.1",
+                logReadings=args.log_readings, backlog=4096,
+            ),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
@@ -216,11 +214,7 @@ def main() -> None:
             peak = rss(server.pid)
             serverSide = scrape(httpPort)
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stopServer(server, timeout=60)
     latencies.sort()
     n = len(latencies)
 
