@@ -1,0 +1,34 @@
+"""
+The reply texts of the sensor wire protocol that both ends rely on, named
+once (see C{docs/protocol.md}, "Replies").
+
+The server writes them (L{sensornet.protocol}); the client parses them
+(L{sensornet.client.parseReply}). A reply's meaning is carried by these
+exact texts, so they live here and nowhere else: a typo in either end is
+then a C{NameError}, not a client that silently stops resending.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SEED_REPLY", "ACK_PREFIX", "ERROR_PREFIX", "ERROR_SEQ_PREFIX", "NOT_STORED", "REJECTED"]
+
+#: The seed server's reply to every message, byte for byte (the seed's
+#: user-visible text: do not translate).
+SEED_REPLY = "Dados recebidos com sucesso.\n".encode("utf-8")
+
+#: A stored (or already stored) native reading with a seq: C{ack <seq>}.
+ACK_PREFIX = "ack "
+
+#: Any error reply: C{error: <message>}, or C{error seq=<seq>: <message>}
+#: when the line's seq could be read.
+ERROR_PREFIX = "error"
+ERROR_SEQ_PREFIX = "error seq="
+
+#: The message of an error reply for a reading the store could not keep
+#: this time (transient: the sender should send it again), before C{": "}
+#: and the reason.
+NOT_STORED = "not stored, try again"
+
+#: The message of an error reply for a reading the store refuses for good
+#: (the sender should not resend it), before C{": "} and the reason.
+REJECTED = "rejected"
