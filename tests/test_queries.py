@@ -43,7 +43,7 @@ def queries(filled, reactor):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_pagesVisitEveryRowOnceInOrder(queries, reactor):
+def test_pages_visit_every_row_once_in_order(queries, reactor):
     """
     Following C{next} visits every reading exactly once, in (ts, id) order,
     though many share a ts; the last page has C{next} None.
@@ -66,7 +66,7 @@ def test_pagesVisitEveryRowOnceInOrder(queries, reactor):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_filtersAndLimitCap(queries, reactor):
+def test_filters_and_limit_cap(queries, reactor):
     """
     sensor, kind, since and until filter; a huge limit is capped.
     """
@@ -79,7 +79,7 @@ def test_filtersAndLimitCap(queries, reactor):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_sensorsFromSummary(queries, reactor):
+def test_sensors_from_summary(queries, reactor):
     """
     sensors() lists every (sensor, kind) with its count and latest value.
     """
@@ -93,7 +93,7 @@ def test_sensorsFromSummary(queries, reactor):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_badArgumentsAreValueErrors(queries, reactor):
+def test_bad_arguments_are_value_errors(queries, reactor):
     """
     A malformed cursor or limit fails the Deferred with ValueError.
     """
@@ -105,7 +105,7 @@ def test_badArgumentsAreValueErrors(queries, reactor):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_pingReachableAndUnreachable(queries, reactor):
+def test_ping_reachable_and_unreachable(queries, reactor):
     """
     ping() is True for a live store and False (never an error) for one that
     cannot be reached.
@@ -119,7 +119,7 @@ def test_pingReachableAndUnreachable(queries, reactor):
         yield dead.stopService()
 
 
-def test_cursorRoundTrip() -> None:
+def test_cursor_round_trip() -> None:
     """
     Cursors carry float and integer positions exactly.
     """

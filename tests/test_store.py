@@ -11,6 +11,9 @@ from typing import List
 
 import pytest
 
+from zope.interface.verify import verifyObject
+
+from sensornet.interfaces import IStore
 from sensornet.reading import Reading
 from sensornet.store import (
     DEFAULT_STORE,
@@ -45,10 +48,18 @@ def count(store) -> int:
     return len(store.readings(limit=1_000_000))
 
 
+def test_both_backends_provide_the_store_interface(store) -> None:
+    """
+    An open store of either backend provides every method and attribute of
+    IStore, the seam the writer and the query side are written against.
+    """
+    assert verifyObject(IStore, store)
+
+
 # -- URLs ------------------------------------------------------------------
 
 
-def test_parseStoreURLAcceptsBothBackends() -> None:
+def test_parse_store_url_accepts_both_backends() -> None:
     """
     sqlite:PATH, sqlite::memory:, postgresql:// and postgres:// parse.
     """
@@ -65,7 +76,7 @@ def test_parseStoreURLAcceptsBothBackends() -> None:
     ["", "sensornet.db", "mysql://x/y", "sqlite:", "sqlite:///x.db", "sqlite:x.db?journal=off",
      "postgresql:x", "postgresql://u@h:notaport/db"],
 )
-def test_parseStoreURLRefusesOthers(url: str) -> None:
+def test_parse_store_url_refuses_others(url: str) -> None:
     """
     Anything else is a ValueError whose message says what to write.
     """
@@ -74,7 +85,7 @@ def test_parseStoreURLRefusesOthers(url: str) -> None:
     assert str(e.value)
 
 
-def test_storeFromURLDoesNotConnect(tmp_path) -> None:
+def test_store_from_url_does_not_connect(tmp_path) -> None:
     """
     storeFromURL makes a store without touching the database; openStore
     opens it.
@@ -90,7 +101,7 @@ def test_storeFromURLDoesNotConnect(tmp_path) -> None:
 # -- schema ----------------------------------------------------------------
 
 
-def test_schemaCreatedVersionedAndReopenIdempotent(store_url) -> None:
+def test_schema_created_versioned_and_reopen_idempotent(store_url) -> None:
     """
     Opening creates the schema and records its version; opening again (the
     store, or a new one) changes nothing and keeps the data.
@@ -110,7 +121,7 @@ def test_schemaCreatedVersionedAndReopenIdempotent(store_url) -> None:
         again.close()
 
 
-def test_concurrentOpensMigrateOnce(store_url) -> None:
+def test_concurrent_opens_migrate_once(store_url) -> None:
     """
     Several stores opening one empty database at the same moment (servers
     starting together) all succeed, and the schema is applied once.
@@ -141,7 +152,7 @@ def test_concurrentOpensMigrateOnce(store_url) -> None:
             s.close()
 
 
-def test_closedStoreIsUnavailable(store_url) -> None:
+def test_closed_store_is_unavailable(store_url) -> None:
     """
     Writing to a store that is not open is a transient failure.
     """
@@ -153,7 +164,7 @@ def test_closedStoreIsUnavailable(store_url) -> None:
     store.close()  # harmless twice
 
 
-def test_unreachableStoreIsUnavailable(tmp_path) -> None:
+def test_unreachable_store_is_unavailable(tmp_path) -> None:
     """
     A database that cannot be reached raises StoreUnavailable, and ping
     says False.
@@ -168,7 +179,7 @@ def test_unreachableStoreIsUnavailable(tmp_path) -> None:
 # -- writing ---------------------------------------------------------------
 
 
-def test_duplicatesStoredOnceAndReported(store) -> None:
+def test_duplicates_stored_once_and_reported(store) -> None:
     """
     The same (sensor, seq) twice is stored once and reported as a duplicate,
     in a later call or in the same one; the same seq of another sensor is
@@ -182,7 +193,7 @@ def test_duplicatesStoredOnceAndReported(store) -> None:
     ]
 
 
-def test_readingsWithoutSeqAlwaysStored(store) -> None:
+def test_readings_without_seq_always_stored(store) -> None:
     """
     Readings without seq cannot be recognised as resent: each is stored.
     """
@@ -191,7 +202,7 @@ def test_readingsWithoutSeqAlwaysStored(store) -> None:
     assert count(store) == 3
 
 
-def test_columnsRoundTrip(store) -> None:
+def test_columns_round_trip(store) -> None:
     """
     Every column comes back as written; a reading without its own time is
     stored at its reception time.
@@ -227,7 +238,7 @@ def test_columnsRoundTrip(store) -> None:
     ],
     ids=["nan", "inf", "-inf", "long-sensor", "empty-sensor", "negative-seq", "huge-seq", "surrogate"],
 )
-def test_badReadingRejectsTheWholeCall(store, bad: Reading) -> None:
+def test_bad_reading_rejects_the_whole_call(store, bad: Reading) -> None:
     """
     A reading the schema refuses raises StoreRejected, and nothing else of
     that call is committed.
@@ -241,7 +252,7 @@ def test_badReadingRejectsTheWholeCall(store, bad: Reading) -> None:
     assert store.write([reading(seq=1)]).stored == 1
 
 
-def test_summaryCountsOnlyNewReadings(store) -> None:
+def test_summary_counts_only_new_readings(store) -> None:
     """
     The sensors table counts stored readings (not duplicates) per (sensor,
     kind), keeps the value of the reading with the latest time, and the
@@ -264,7 +275,7 @@ def test_summaryCountsOnlyNewReadings(store) -> None:
     assert sum(s["count"] for s in sensors) == count(store)
 
 
-def test_summarizeGroupsAndOrders() -> None:
+def test_summarize_groups_and_orders() -> None:
     """
     summarize() folds a batch into one row per (sensor, kind), sorted.
     """
@@ -275,7 +286,7 @@ def test_summarizeGroupsAndOrders() -> None:
 # -- reading ---------------------------------------------------------------
 
 
-def test_readingsFilters(store) -> None:
+def test_readings_filters(store) -> None:
     """
     readings() filters by sensor, kind and [since, until), in (ts, id)
     order, and honours limit.
@@ -289,7 +300,7 @@ def test_readingsFilters(store) -> None:
     assert store.readings(sensor="nobody") == []
 
 
-def test_pagingWithEqualTimesNeverRepeatsOrSkips(store) -> None:
+def test_paging_with_equal_times_never_repeats_or_skips(store) -> None:
     """
     Paging by position visits every row once, in order, even when many rows
     share one ts.

@@ -15,11 +15,13 @@ import re
 from importlib import resources
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
+from zope.interface import implementer
+
+from ..interfaces import IStore
 from ..reading import Reading
 
 __all__ = [
     "DEFAULT_STORE",
-    "MAX_SENSOR_LENGTH",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -29,7 +31,6 @@ __all__ = [
     "SensorSummary",
     "parseStoreURL",
     "summarize",
-    "effectiveTime",
     "Migration",
     "loadMigrations",
 ]
@@ -37,11 +38,6 @@ __all__ = [
 #: The store a server uses when told nothing: an SQLite file in the working
 #: directory, which needs nothing installed.
 DEFAULT_STORE = "sqlite:sensornet.db"
-
-#: Longest sensor name the schema accepts (a CHECK constraint in both
-#: backends; the parsers refuse longer names before they get here).
-MAX_SENSOR_LENGTH = 128
-
 
 class StoreError(Exception):
     """
@@ -161,9 +157,11 @@ def parseStoreURL(url: str) -> StoreURL:
     )
 
 
+@implementer(IStore)
 class Store:
     """
-    A database holding readings: the interface both backends implement.
+    A database holding readings: the base both backends derive from, which
+    declares that they provide L{sensornet.interfaces.IStore}.
 
     One instance holds at most one connection and is used by one thread at a
     time. Every method but L{close} raises L{StoreUnavailable} when the
@@ -285,14 +283,6 @@ def readingFilters(
         where.append(f"ts < {timeParameter}")
         params.append(float(until))
     return where, params
-
-
-def effectiveTime(reading: Reading) -> float:
-    """
-    The time a reading is stored under: its own C{ts}, or when it was
-    received if it carried none.
-    """
-    return reading.ts if reading.ts is not None else reading.received_at
 
 
 class SensorSummary(NamedTuple):
