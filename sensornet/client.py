@@ -1,7 +1,8 @@
 """
-Simulated sensors: each produces a reading per tick, keeps it in its outbox
-until the server acknowledges it, and sends it over a connection that
-reconnects by itself.
+The client role: simulated sensors, and L{SensorClientService}, which runs
+the sensors a L{ClientConfig} describes. Each sensor produces a reading per
+tick, keeps it in its outbox until the server acknowledges it, and sends it
+over a connection that reconnects by itself.
 
 Delivery promise: every reading produced is sent until acknowledged (across
 reconnects, server restarts and, with a spool, client restarts), unless the
@@ -14,26 +15,55 @@ reuses a seq that may already be stored and the server can drop resends.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Callable, List, Optional
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from .clientmetrics import ClientMetrics, makeClientMetricsSite
 from .dialects import MAX_LINE_LENGTH, formatNative
-from .outbox import Outbox
+from .outbox import DEFAULT_OUTBOX_SIZE, Outbox, SpoolOutbox
 from .reading import Reading
-from .simulate import Kind, RandomWalk
+from .simulate import KINDS, Kind, RandomWalk
+from .wire import ACK_PREFIX, ERROR_SEQ_PREFIX, NOT_STORED, REJECTED
 
-__all__ = ["SensorClientProtocol", "SimulatedSensor", "parseReply", "Reply", "serverEndpointString"]
+__all__ = [
+    "ClientConfig",
+    "SensorClientService",
+    "SensorClientProtocol",
+    "SimulatedSensor",
+    "parseReply",
+    "Reply",
+    "ReplyKind",
+    "serverEndpointString",
+    "DEFAULT_SERVER",
+]
 
 #: The server port a bare host name means, as in the seed.
 DEFAULT_PORT = 5000
+
+#: Where a client sends its readings unless told otherwise (C{--server}).
+DEFAULT_SERVER = f"localhost:{DEFAULT_PORT}"
 
 # Client endpoint types whose strings may have no "=" (tls:host:port,
 # unix:/path): such a value is an endpoint string, not HOST:PORT.
@@ -70,16 +100,80 @@ def serverEndpointString(server: str) -> str:
     return f"tcp:host={host}:port={port}"
 
 
+@dataclass
+class ClientConfig:
+    """
+    Everything a client process is told at start, as parsed from its options
+    (the client's L{sensornet.server.ServerConfig}).
+
+    @ivar kind: What its sensors measure: a key of L{KINDS}
+        (C{"temperature"}, C{"humidity"}).
+    @ivar sensor: The sensor's name; with C{sensors > 1}, the prefix of
+        C{NAME-1} .. C{NAME-N} (see L{sensorNames}).
+    @ivar endpoint: Client endpoint string of the server
+        (C{tcp:host=H:port=P}, C{tls:H:P}, C{unix:/path}).
+    @ivar interval: Seconds between readings, or L{None} for the kind's own
+        (temperature 2, humidity 3).
+    @ivar sensors: How many sensors, each on its own connection (at least 1).
+    @ivar seed: Seed of the simulated values, or L{None} for unseeded; sensor
+        number C{i} (from 0) draws from C{random.Random(seed * 1000003 + i)}.
+    @ivar outboxSize: Most unacknowledged readings kept per sensor.
+    @ivar spool: SQLite file keeping the outboxes on disk, or L{None}.
+    @ivar ackTimeout: Seconds before an unacknowledged reading is sent again.
+    @ivar deadTimeout: Seconds of silence, with readings outstanding, after
+        which a connection is presumed dead and replaced.
+    @ivar metrics: Server endpoint string to serve the client's Prometheus
+        metrics on, or L{None} to export none.
+    """
+
+    kind: str
+    sensor: str
+    endpoint: str = serverEndpointString(DEFAULT_SERVER)
+    interval: Optional[float] = None
+    sensors: int = 1
+    seed: Optional[int] = None
+    outboxSize: int = DEFAULT_OUTBOX_SIZE
+    spool: Optional[str] = None
+    ackTimeout: float = 10.0
+    deadTimeout: float = 30.0
+    metrics: Optional[str] = None
+
+    def sensorNames(self) -> List[str]:
+        """
+        The names of the sensors, in order: C{sensor} alone, or C{sensor-1}
+        .. C{sensor-N}.
+        """
+        if self.sensors == 1:
+            return [self.sensor]
+        return [f"{self.sensor}-{index + 1}" for index in range(self.sensors)]
+
+
+class ReplyKind(Enum):
+    """
+    What a server reply means to the sensor that sent the line. (An
+    C{Enum} rather than C{constantly}: mypy then checks every use, and it
+    needs no dependency the package does not declare.)
+    """
+
+    #: Stored (or already stored): forget the reading.
+    ack = "ack"
+    #: Not stored this time: send the reading again.
+    retry = "retry"
+    #: Refused for good: resending the same line would be refused again.
+    rejected = "rejected"
+    #: Anything else (a seed reply, a line this client cannot read).
+    other = "other"
+
+
 class Reply:
     """
-    One server reply line, parsed: C{kind} is C{"ack"}, C{"retry"} (not
-    stored this time: send again), C{"rejected"} (refused for good) or
-    C{"other"}; C{seq} the seq it names, if any; C{text} the line.
+    One server reply line, parsed: C{kind} is a L{ReplyKind}; C{seq} the seq
+    it names, if any; C{text} the line.
     """
 
     __slots__ = ("kind", "seq", "text")
 
-    def __init__(self, kind: str, seq: Optional[int], text: str) -> None:
+    def __init__(self, kind: ReplyKind, seq: Optional[int], text: str) -> None:
         self.kind = kind
         self.seq = seq
         self.text = text
@@ -87,28 +181,30 @@ class Reply:
 
 def parseReply(line: bytes) -> Reply:
     """
-    Parse one reply line from a server (see C{docs/protocol.md}). Pure;
-    never raises.
+    Parse one reply line from a server (see C{docs/protocol.md}, "Replies",
+    and L{sensornet.wire}, whose texts it matches). Pure; never raises.
     """
     text = line.rstrip(b"\r").decode("utf-8", "replace")
-    if text.startswith("ack "):
+    if text.startswith(ACK_PREFIX):
         try:
-            return Reply("ack", int(text[4:]), text)
+            return Reply(ReplyKind.ack, int(text[len(ACK_PREFIX):]), text)
         except ValueError:
-            return Reply("other", None, text)
-    if text.startswith("error seq="):
-        number, _, message = text[len("error seq="):].partition(":")
+            return Reply(ReplyKind.other, None, text)
+    if text.startswith(ERROR_SEQ_PREFIX):
+        number, _, message = text[len(ERROR_SEQ_PREFIX):].partition(":")
         try:
             seq: Optional[int] = int(number)
         except ValueError:
-            return Reply("other", None, text)
+            return Reply(ReplyKind.other, None, text)
         message = message.strip()
-        if message.startswith("not stored, try again"):
-            return Reply("retry", seq, text)
-        # "rejected: ..." and malformed-line errors alike: resending the same
-        # line would only be refused again.
-        return Reply("rejected", seq, text)
-    return Reply("other", None, text)
+        if message.startswith(NOT_STORED):
+            return Reply(ReplyKind.retry, seq, text)
+        if message.startswith(REJECTED):
+            return Reply(ReplyKind.rejected, seq, text)
+        # A malformed-line error: the same line sent again would be refused
+        # again, so it counts as rejected too.
+        return Reply(ReplyKind.rejected, seq, text)
+    return Reply(ReplyKind.other, None, text)
 
 
 class SensorClientProtocol(LineOnlyReceiver):
@@ -121,7 +217,9 @@ class SensorClientProtocol(LineOnlyReceiver):
     MAX_LENGTH = MAX_LINE_LENGTH
 
     sensor: "SimulatedSensor"
-    transport: Any
+    # For abortConnection, which ITCPTransport declares; the tls: and unix:
+    # transports have it too.
+    transport: ITCPTransport
 
     def connectionMade(self) -> None:
         self.sensor.connected(self)
@@ -148,23 +246,11 @@ class _SensorFactory(Factory):
     def __init__(self, sensor: "SimulatedSensor") -> None:
         self.sensor = sensor
 
-    def buildProtocol(self, addr: Any) -> SensorClientProtocol:
+    def buildProtocol(self, addr: Optional[IAddress]) -> SensorClientProtocol:
         protocol = SensorClientProtocol()
         protocol.factory = self
         protocol.sensor = self.sensor
         return protocol
-
-
-class _NoMetrics:
-    """
-    Stands in for client metrics when none are exported.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        return self
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self
 
 
 class SimulatedSensor(MultiService):
@@ -172,7 +258,9 @@ class SimulatedSensor(MultiService):
     One simulated sensor with its own connection.
 
     @ivar name: The sensor's name (the C{sensor} tag of its readings).
-    @ivar kind: The kind name (C{"temperature"}, ...).
+    @ivar kindName: What it measures, as its readings name it (C{"temperature"},
+        a key of L{KINDS}).
+    @ivar kind: How its values behave (unit, range, step): a L{Kind}.
     @ivar interval: Seconds between readings.
     @ivar ackTimeout: Seconds an unacknowledged reading waits before it is
         sent again on the same connection (the server drops the duplicate).
@@ -180,6 +268,9 @@ class SimulatedSensor(MultiService):
         after which the connection is presumed dead (a network cut that TCP
         has not noticed) and is dropped, so a new one is made.
     @ivar outbox: The unacknowledged readings.
+    @ivar metrics: The L{ClientMetrics} it counts into: shared by every sensor
+        of a L{SensorClientService}; a private, unexported set when none is
+        given.
     """
 
     _log = Logger()
@@ -196,12 +287,13 @@ class SimulatedSensor(MultiService):
         outbox: Optional[Outbox] = None,
         ackTimeout: float = 10.0,
         deadTimeout: float = 30.0,
-        metrics: Any = None,
+        metrics: Optional[ClientMetrics] = None,
         retryPolicy: Optional[Callable[[int], float]] = None,
     ) -> None:
         super().__init__()
         self.name: str = name  # type: ignore[assignment]
-        self.kind = kindName
+        self.kindName = kindName
+        self.kind = kind
         self.unit = kind.unit
         self.clock = clock
         self.interval = kind.interval if interval is None else interval
@@ -209,11 +301,11 @@ class SimulatedSensor(MultiService):
         self.outbox = outbox if outbox is not None else Outbox()
         self.ackTimeout = ackTimeout
         self.deadTimeout = deadTimeout
-        self.metrics = metrics if metrics is not None else _NoMetrics()
+        self.metrics = metrics if metrics is not None else ClientMetrics()
         self.protocol: Optional[SensorClientProtocol] = None
         self.connections = 0
         self._lastHeard = 0.0
-        self._watchdog: Optional[Any] = None
+        self._watchdog: Optional[IDelayedCall] = None
         start = int(clock.seconds() * 1_000_000)
         last = self.outbox.lastSeq()
         self.nextSeq = max(start, last + 1) if last is not None else start
@@ -232,17 +324,20 @@ class SimulatedSensor(MultiService):
         super().startService()
         self.loop.start(self.interval, now=True)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> "Deferred[None]":
         if self.loop.running:
             self.loop.stop()
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         self._watchdog = None
-        close = getattr(self.outbox, "close", None)
-        d = super().stopService()
-        if close is not None:
-            d.addBoth(lambda result: (close(), result)[1])
-        return d
+        d: "Deferred[None]" = super().stopService()
+        outbox = self.outbox
+
+        def close(result: Any) -> Any:
+            outbox.close()
+            return result
+
+        return d.addBoth(close)
 
     @property
     def produced(self) -> int:
@@ -260,7 +355,7 @@ class SimulatedSensor(MultiService):
         now = self.clock.seconds()
         seq = self.nextSeq
         self.nextSeq += 1
-        reading = Reading(self.name, self.kind, self.walk.next(), self.unit, now, seq)
+        reading = Reading(self.name, self.kindName, self.walk.next(), self.unit, now, seq)
         dropped = self.outbox.add(seq, formatNative(reading))
         if dropped:
             self.metrics.readingsDropped.inc(len(dropped))
@@ -337,15 +432,138 @@ class SimulatedSensor(MultiService):
 
     def replyReceived(self, reply: Reply) -> None:
         self._lastHeard = self.clock.seconds()
-        if reply.kind == "ack" and reply.seq is not None:
+        if reply.kind is ReplyKind.ack and reply.seq is not None:
             if self.outbox.acknowledge(reply.seq):
                 self.metrics.acksReceived.inc()
-        elif reply.kind == "retry" and reply.seq is not None:
+        elif reply.kind is ReplyKind.retry and reply.seq is not None:
             # Made due again: it goes out with the next tick's send.
             self.outbox.retry(reply.seq)
-        elif reply.kind == "rejected" and reply.seq is not None:
+        elif reply.kind is ReplyKind.rejected and reply.seq is not None:
             if self.outbox.acknowledge(reply.seq):
                 self.metrics.readingsDropped.inc()
                 self._log.error("{sensor}: server rejected a reading: {text}", sensor=self.name, text=reply.text)
         else:
             self._log.warn("{sensor}: server said: {text}", sensor=self.name, text=reply.text)
+
+
+@implementer(IStreamServerEndpoint)
+class _PortReportingEndpoint:
+    """
+    A server endpoint that also tells who asks (L{whenListening}) which port
+    its C{listen} got, so nobody reads a listening service's private state.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
+        self._endpoint = endpoint
+        self._port: Optional[IListeningPort] = None
+        self._waiting: List["Deferred[IListeningPort]"] = []
+
+    def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
+        listening = self._endpoint.listen(protocolFactory)
+
+        def listened(port: IListeningPort) -> IListeningPort:
+            self._port = port
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(port)
+            return port
+
+        def failed(reason: Failure) -> Failure:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.errback(reason)
+            return reason
+
+        return listening.addCallbacks(listened, failed)
+
+    def whenListening(self) -> "Deferred[IListeningPort]":
+        """
+        Fires with the listening port once bound (at once if it is), or
+        fails as C{listen} did.
+        """
+        if self._port is not None:
+            return succeed(self._port)
+        d: "Deferred[IListeningPort]" = Deferred()
+        self._waiting.append(d)
+        return d
+
+
+class SensorClientService(MultiService):
+    """
+    A whole client process: the sensors a L{ClientConfig} describes, each
+    on its own connection, and their metrics, summed over the sensors
+    (served on C{config.metrics} when one is given).
+
+    @ivar config: What it was built from.
+    @ivar sensors: Its L{SimulatedSensor}s, in the order of
+        L{ClientConfig.sensorNames}; also its child services.
+    @ivar metrics: The L{ClientMetrics} every sensor counts into.
+    @ivar metricsListener: The service serving C{/metrics}, or L{None}
+        without C{config.metrics}.
+    """
+
+    def __init__(self, config: ClientConfig, reactor: IReactorTime) -> None:
+        """
+        @param reactor: The reactor the sensors run on: its clock, and
+            whatever the endpoint strings need (L{IReactorTCP} for C{tcp:},
+            L{IReactorSSL} for C{tls:}, ...).
+
+        @raise ValueError: For a C{config.kind} that is not in L{KINDS}.
+        """
+        super().__init__()
+        if config.kind not in KINDS:
+            raise ValueError(f"unknown kind {config.kind!r}: expected one of " + ", ".join(sorted(KINDS)))
+        self.config = config
+        self.metrics = ClientMetrics()
+        self.metricsListener: Optional[StreamServerEndpointService] = None
+        self._metricsEndpoint: Optional[_PortReportingEndpoint] = None
+        if config.metrics is not None:
+            self._metricsEndpoint = _PortReportingEndpoint(serverFromString(reactor, config.metrics))
+            self.metricsListener = StreamServerEndpointService(
+                self._metricsEndpoint, makeClientMetricsSite(self.metrics)
+            )
+            self.metricsListener.setServiceParent(self)
+        self.sensors: List[SimulatedSensor] = [
+            self._makeSensor(index, name, reactor) for index, name in enumerate(config.sensorNames())
+        ]
+        # Read at scrape time, summed over every sensor of the process.
+        sensors = self.sensors
+        self.metrics.outboxLength.set_function(lambda: sum(len(s.outbox) for s in sensors))
+        self.metrics.connected.set_function(lambda: sum(1 for s in sensors if s.protocol is not None))
+
+    def _makeSensor(self, index: int, name: str, reactor: IReactorTime) -> SimulatedSensor:
+        config = self.config
+        rng: Optional[random.Random] = None
+        if config.seed is not None:
+            rng = random.Random(config.seed * 1_000_003 + index)
+        outbox: Outbox
+        if config.spool is not None:
+            outbox = SpoolOutbox(config.spool, name, config.outboxSize)
+        else:
+            outbox = Outbox(config.outboxSize)
+        sensor = SimulatedSensor(
+            name,
+            config.kind,
+            KINDS[config.kind],
+            clientFromString(reactor, config.endpoint),
+            reactor,
+            interval=config.interval,
+            rng=rng,
+            outbox=outbox,
+            ackTimeout=config.ackTimeout,
+            deadTimeout=config.deadTimeout,
+            metrics=self.metrics,
+        )
+        sensor.setServiceParent(self)
+        return sensor
+
+    def whenMetricsListening(self) -> "Deferred[IListeningPort]":
+        """
+        Fires with the port C{/metrics} is served on once bound: how tests
+        and embedders learn the port of C{tcp:0}.
+
+        @raise RuntimeError: Without C{config.metrics}.
+        """
+        if self._metricsEndpoint is None:
+            raise RuntimeError("this client exports no metrics (config.metrics is None)")
+        return self._metricsEndpoint.whenListening()

@@ -4,6 +4,8 @@ A sensor client's own Prometheus metrics, served on C{--metrics ENDPOINT}.
 One L{ClientMetrics} per client, with its own registry (never the library's
 global one), so several simulated clients in one process keep apart. The
 client code updates the attributes; L{makeClientMetricsSite} serves them.
+A sensor given none counts into a private set nobody serves, which is
+cheaper to reason about than a stand-in that swallows every call.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
-
-from .web.api import MetricsResource
 
 __all__ = ["ClientMetrics", "makeClientMetricsSite"]
 
@@ -77,6 +77,10 @@ def makeClientMetricsSite(metrics: ClientMetrics) -> Site:
     A L{Site} answering C{GET /metrics} with C{metrics} in the Prometheus
     text format (every other path: 404).
     """
+    # Imported here: every client makes a ClientMetrics, few serve it, and
+    # the web package is the server's.
+    from .web.api import MetricsResource
+
     root = _Root()
     root.putChild(b"metrics", MetricsResource(metrics.registry))
     site = Site(root)

@@ -134,6 +134,12 @@ class Outbox:
             return None
         return next(reversed(self._entries))
 
+    def close(self) -> None:
+        """
+        Release what the outbox holds outside memory (nothing, here); its
+        sensor calls this once it has stopped.
+        """
+
 
 class SpoolOutbox(Outbox):
     """

@@ -6,6 +6,7 @@ acknowledgements, resends, reconnects, spool.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -13,11 +14,12 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 
-from sensornet.client import SimulatedSensor, parseReply, serverEndpointString
+from sensornet.client import ReplyKind, SimulatedSensor, parseReply, serverEndpointString
 from sensornet.dialects import parseLine
 from sensornet.outbox import Outbox, SpoolOutbox
 from sensornet.simulate import KINDS, RandomWalk
 from sensornet.tap import client as clienttap
+from sensornet.wire import ACK_PREFIX, ERROR_SEQ_PREFIX, NOT_STORED, REJECTED
 
 
 class Harness:
@@ -259,19 +261,80 @@ def test_server_option_refuses_a_bad_port():
 
 
 def test_reply_parsing():
+    """
+    The reply texts of docs/protocol.md parse to what they mean.
+    """
     assert parseReply(b"ack 5\r\n".rstrip(b"\n")).seq == 5
-    assert parseReply(b"error seq=9: not stored, try again: x").kind == "retry"
-    assert parseReply(b"error seq=9: rejected: x").kind == "rejected"
-    assert parseReply(b"Dados recebidos com sucesso.").kind == "other"
-    assert parseReply(b"ack nope").kind == "other"
+    assert parseReply(b"ack 5").kind is ReplyKind.ack
+    assert parseReply(b"error seq=9: not stored, try again: x").kind is ReplyKind.retry
+    assert parseReply(b"error seq=9: rejected: x").kind is ReplyKind.rejected
+    assert parseReply(b"error seq=9: sensor tag missing").kind is ReplyKind.rejected
+    assert parseReply(b"Dados recebidos com sucesso.").kind is ReplyKind.other
+    assert parseReply(b"ack nope").kind is ReplyKind.other
 
 
-def test_client_options():
+def test_client_options_make_one_sensor_per_name():
     options = clienttap.Options()
     options.parseOptions(["--kind", "humidity", "--server", "10.0.1.10", "--sensors", "3", "--sensor", "h"])
     reactor = MemoryReactorClock()
     service = clienttap.makeService(options, reactor)
-    names = sorted(s.name for s in service)
-    assert names == ["h-1", "h-2", "h-3"]
+    assert [s.name for s in service.sensors] == ["h-1", "h-2", "h-3"]
     with pytest.raises(usage.UsageError):
         clienttap.Options().parseOptions(["--kind", "pressure"])
+
+
+def test_not_stored_reply_as_the_server_writes_it_parses_as_retry():
+    """
+    Round trip over the shared texts of L{sensornet.wire}: the server's
+    "not stored" reply, built from the constants exactly as
+    docs/protocol.md spells it, means "send it again" to the client; the
+    "rejected" reply means "do not".
+    """
+    notStored = f"{ERROR_SEQ_PREFIX}42: {NOT_STORED}: database is locked\n".encode("utf-8")
+    reply = parseReply(notStored.rstrip(b"\n"))
+    assert (reply.kind, reply.seq) == (ReplyKind.retry, 42)
+    rejected = parseReply(f"{ERROR_SEQ_PREFIX}43: {REJECTED}: CHECK constraint failed".encode("utf-8"))
+    assert (rejected.kind, rejected.seq) == (ReplyKind.rejected, 43)
+    ack = parseReply(f"{ACK_PREFIX}44".encode("utf-8"))
+    assert (ack.kind, ack.seq) == (ReplyKind.ack, 44)
+
+
+def test_wire_constants_spell_the_replies_docs_protocol_md_promises():
+    """
+    The constants both ends use are the documented texts, so a typo in one
+    of them fails here rather than on both ends at once.
+    """
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    assert f"`{ERROR_SEQ_PREFIX}<seq>: {NOT_STORED}: <reason>\\n`" in doc
+    assert f"`{ERROR_SEQ_PREFIX}<seq>: {REJECTED}: <reason>\\n`" in doc
+    assert f"`{ACK_PREFIX}<seq>\\n`" in doc
+
+
+def test_sensor_names_what_it_measures_and_how_it_behaves_apart():
+    """
+    C{kindName} is the text its readings carry; C{kind} the L{Kind} its
+    values follow.
+    """
+    h = Harness("humidity")
+    assert h.sensor.kindName == "humidity"
+    assert h.sensor.kind is KINDS["humidity"]
+    h.sensor.startService()
+    h.connect()
+    reading = parseLine(h.sentLines()[0])
+    assert (reading.kind, reading.unit) == ("humidity", KINDS["humidity"].unit)
+
+
+def test_a_sensor_given_no_metrics_counts_into_its_own():
+    """
+    Without exported metrics a sensor still counts, into a private
+    registry: no stand-in that accepts any call.
+    """
+    h = Harness()
+    h.sensor.startService()
+    h.connect()
+    seq = parseLine(h.sentLines()[0]).seq
+    h.reply(b"ack %d\n" % seq)
+    registry = h.sensor.metrics.registry
+    assert registry.get_sample_value("sensornet_client_readings_sent_total") == 1
+    assert registry.get_sample_value("sensornet_client_acks_received_total") == 1
+    assert not hasattr(h.sensor.metrics, "noSuchMetric")

@@ -206,8 +206,8 @@ def test_client_metrics_endpoint_counts_what_the_sensors_did(reactor):
     ])
     service = clienttap.makeService(options, reactor)
     service.startService()
-    web = [s for s in service if not hasattr(s, "outbox")][0]
-    sensors = [s for s in service if hasattr(s, "outbox")]
+    web = service.metricsListener
+    sensors = service.sensors
     try:
         webPort = yield web._waitingForPort
         yield waitFor(reactor, lambda: all(s.connections for s in sensors))

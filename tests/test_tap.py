@@ -11,8 +11,12 @@ import sys
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python import usage
 
+from sensornet.client import ClientConfig, SensorClientService
+from sensornet.server import SensorServerService, ServerConfig
+from sensornet.tap import client as clienttap
 from sensornet.tap import demo as demotap
 from sensornet.tap import server as servertap
 
@@ -78,18 +82,81 @@ def test_demo_runs_a_server_and_the_seeds_two_sensors(tmp_path):
     options.parseOptions(["--store", f"sqlite:{tmp_path / 'demo.db'}", "--http", "none"])
     reactor = MemoryReactorClock()
     service = demotap.makeService(options, reactor)
-    sensors = {}
-    from sensornet.client import SimulatedSensor
-
-    def walk(s):
-        for child in s:
-            if isinstance(child, SimulatedSensor):
-                sensors[child.name] = (child.kind, child.interval)
-            elif hasattr(child, "__iter__"):
-                walk(child)
-
-    walk(service)
+    assert isinstance(service.server, SensorServerService)
+    assert service.server.config.listen == ["tcp:5000"]
+    assert all(isinstance(client, SensorClientService) for client in service.clients)
+    sensors = {
+        sensor.name: (sensor.kindName, sensor.interval)
+        for client in service.clients
+        for sensor in client.sensors
+    }
     assert sensors == {"Sensor1": ("temperature", 2.0), "Sensor2": ("humidity", 3.0)}
+    assert [client.config.endpoint for client in service.clients] == ["tcp:host=127.0.0.1:port=5000"] * 2
+
+
+def test_demo_is_built_from_configs_without_parsing_a_command_line(monkeypatch):
+    """
+    The demo hands the client services their L{ClientConfig}s directly: the
+    client's command line is never parsed on its behalf.
+    """
+
+    def refuse(self, *args):
+        raise AssertionError("the demo re-parsed a client command line")
+
+    monkeypatch.setattr(clienttap.Options, "parseOptions", refuse)
+    options = demotap.Options()
+    options.parseOptions(["--store", "none", "--http", "none", "--port", "6000", "--seed", "9"])
+    config = options.toConfig()
+    assert config.server == ServerConfig(listen=["tcp:6000"], http=None, store="none")
+    assert config.clients == [
+        ClientConfig(kind="temperature", sensor="Sensor1", endpoint="tcp:host=127.0.0.1:port=6000", seed=9),
+        ClientConfig(kind="humidity", sensor="Sensor2", endpoint="tcp:host=127.0.0.1:port=6000", seed=9),
+    ]
+    service = demotap.DemoService(config, MemoryReactorClock())
+    assert [client.config for client in service.clients] == config.clients
+
+
+@pytest.mark.parametrize(
+    "endpoint, url",
+    [
+        ("tcp:8080", "http://localhost:8080/"),
+        ("tcp:port=8080", "http://localhost:8080/"),
+        ("tcp:8080:interface=127.0.0.1", "http://127.0.0.1:8080/"),
+        ("tcp:port=8080:interface=127.0.0.1", "http://127.0.0.1:8080/"),
+        ("tcp:8080:127.0.0.1", "http://127.0.0.1:8080/"),
+        ("tcp:8080:interface=0.0.0.0", "http://localhost:8080/"),
+        ("tcp:8080:interface=\\:\\:1", "http://[::1]:8080/"),
+        ("tcp6:port=8080:interface=\\:\\:1", "http://[::1]:8080/"),
+        ("ssl:8443:privateKey=key.pem:certKey=cert.pem", "https://localhost:8443/"),
+        ("unix:/tmp/sensornet.sock", "unix:/tmp/sensornet.sock"),
+        ("tcp:0", "tcp:0"),
+        ("tcp:interface=127.0.0.1", "tcp:interface=127.0.0.1"),
+        ("8080", "8080"),
+    ],
+)
+def test_dashboard_url_reads_the_endpoint_string(endpoint, url):
+    assert demotap.dashboardURL(endpoint) == url
+
+
+def test_demo_banner_shows_a_keyword_port_as_a_url():
+    """
+    Regression: C{--http tcp:port=8080} was announced as
+    C{http://localhost:port=8080/}.
+    """
+    options = demotap.Options()
+    options.parseOptions(["--store", "none", "--http", "tcp:port=8080"])
+    service = demotap.makeService(options, MemoryReactorClock())
+    with capturedLogs() as events:
+        service.startService()
+    try:
+        banners = [formatEvent(e) for e in events if "sensornet demo" in e.get("log_format", "")]
+    finally:
+        service.stopService()
+    assert len(banners) == 1
+    assert "http://localhost:8080/" in banners[0]
+    assert "port=" not in banners[0]
+    assert "Sensor1 (temperature, every 2 s) and Sensor2 (humidity, every 3 s)" in banners[0]
+    assert "server on tcp:5000" in banners[0]
 
 
 def test_installed_package_lists_the_plugins(tmp_path):

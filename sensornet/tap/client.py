@@ -4,16 +4,14 @@ C{twistd sensornet-client}: options and L{makeService} for simulated sensors.
 
 from __future__ import annotations
 
-import random
 import socket
-from typing import Any, Optional
+from typing import Optional, cast
 
-from twisted.application.service import MultiService
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
-from ..client import SimulatedSensor, serverEndpointString
-from ..outbox import DEFAULT_OUTBOX_SIZE, Outbox, SpoolOutbox
+from ..client import DEFAULT_SERVER, ClientConfig, SensorClientService, serverEndpointString
+from ..outbox import DEFAULT_OUTBOX_SIZE
 from ..simulate import KINDS
 
 
@@ -29,7 +27,7 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["server", None, "localhost:5000",
+        ["server", None, DEFAULT_SERVER,
          "Server as HOST[:PORT] (port 5000 by default) or a client endpoint string "
          "(tcp:host=H:port=P, tls:H:5000, unix:/path)."],
         ["kind", None, None, "What the sensor measures: " + ", ".join(sorted(KINDS)) + "."],
@@ -60,61 +58,31 @@ class Options(usage.Options):
         if self["sensor"] is None:
             self["sensor"] = f"{socket.gethostname().split('.')[0]}-{self['kind']}"
 
-
-def makeSensors(options: Options, reactor: Any, parent: MultiService, metrics: Any = None) -> list:
-    """
-    Build the sensors C{options} describe as children of C{parent}.
-    """
-    kind = KINDS[options["kind"]]
-    count = options["sensors"]
-    sensors = []
-    for index in range(count):
-        name = options["sensor"] if count == 1 else f"{options['sensor']}-{index + 1}"
-        rng: Optional[random.Random] = None
-        if options["seed"] is not None:
-            rng = random.Random(options["seed"] * 1_000_003 + index)
-        if options["spool"]:
-            outbox: Outbox = SpoolOutbox(options["spool"], name, options["outbox-size"])
-        else:
-            outbox = Outbox(options["outbox-size"])
-        sensor = SimulatedSensor(
-            name,
-            options["kind"],
-            kind,
-            clientFromString(reactor, options["endpoint"]),
-            reactor,
-            interval=options["interval"],
-            rng=rng,
-            outbox=outbox,
-            ackTimeout=options["ack-timeout"],
-            metrics=metrics,
+    def toConfig(self) -> ClientConfig:
+        """
+        The parsed options as the L{ClientConfig} the client is built from.
+        """
+        return ClientConfig(
+            kind=self["kind"],
+            sensor=self["sensor"],
+            endpoint=self["endpoint"],
+            interval=self["interval"],
+            sensors=self["sensors"],
+            seed=self["seed"],
+            outboxSize=self["outbox-size"],
+            spool=self["spool"] or None,
+            ackTimeout=self["ack-timeout"],
+            metrics=self["metrics"] or None,
         )
-        sensor.setServiceParent(parent)
-        sensors.append(sensor)
-    return sensors
 
 
-def makeService(options: Options, reactor: Any = None) -> MultiService:
+def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> SensorClientService:
     """
-    Build the client role from parsed options.
+    Build the client role from parsed options. C{reactor} defaults to the
+    global one only here, at the edge where twistd calls in.
     """
     if reactor is None:
-        from twisted.internet import reactor
-    top = MultiService()
-    metrics = None
-    if options["metrics"]:
-        from twisted.application.internet import StreamServerEndpointService
-        from twisted.internet.endpoints import serverFromString
+        from twisted.internet import reactor as globalReactor
 
-        from ..clientmetrics import ClientMetrics, makeClientMetricsSite
-
-        metrics = ClientMetrics()
-        StreamServerEndpointService(
-            serverFromString(reactor, options["metrics"]), makeClientMetricsSite(metrics)
-        ).setServiceParent(top)
-    sensors = makeSensors(options, reactor, top, metrics)
-    if metrics is not None:
-        # Read at scrape time, summed over every sensor of the process.
-        metrics.outboxLength.set_function(lambda: sum(len(s.outbox) for s in sensors))
-        metrics.connected.set_function(lambda: sum(1 for s in sensors if s.protocol is not None))
-    return top
+        reactor = cast(IReactorTime, globalReactor)
+    return SensorClientService(options.toConfig(), reactor)

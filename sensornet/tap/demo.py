@@ -6,14 +6,21 @@ on port 5000 plus its two sensors (temperature every 2 s, humidity every
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, cast
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ..client import ClientConfig, SensorClientService
 from ..server import DEFAULT_HTTP, DEFAULT_STORE, SensorServerService, ServerConfig
-from . import client as clienttap
+from ..simulate import KINDS
+from ..store import redactURL
+
+#: The seed's sensors: (name, kind), each at its kind's own interval.
+SEED_SENSORS = (("Sensor1", "temperature"), ("Sensor2", "humidity"))
 
 
 class Options(usage.Options):
@@ -33,55 +40,158 @@ class Options(usage.Options):
         if not 0 < self["port"] < 65536:
             raise usage.UsageError("--port must be a TCP port number")
 
+    def toConfig(self) -> "DemoConfig":
+        """
+        The parsed options as the server's and the seed sensors' configs.
+        """
+        port = self["port"]
+        http: Optional[str] = self["http"]
+        if http is not None and http.strip().lower() == "none":
+            http = None
+        server = ServerConfig(
+            listen=[f"tcp:{port}"],
+            http=http,
+            store=self["store"],
+            logReadings=not self["no-log-readings"],
+        )
+        clients = [
+            ClientConfig(kind=kind, sensor=name, endpoint=f"tcp:host=127.0.0.1:port={port}", seed=self["seed"])
+            for name, kind in SEED_SENSORS
+        ]
+        return DemoConfig(server, clients)
 
-class _Banner(Service):
+
+@dataclass
+class DemoConfig:
     """
-    Says where to look once everything is up.
+    A demo: one server and the clients that send to it.
+    """
+
+    server: ServerConfig
+    clients: List[ClientConfig] = field(default_factory=list)
+
+
+class DemoService(MultiService):
+    """
+    A server and its clients on one reactor, started in that order; says
+    where to look once all are up.
+
+    @ivar server: The L{SensorServerService}.
+    @ivar clients: One L{SensorClientService} per client config, in order.
     """
 
     _log = Logger()
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+    def __init__(self, config: DemoConfig, reactor: IReactorTime) -> None:
+        super().__init__()
+        self.config = config
+        self.server = SensorServerService(config.server, reactor)
+        self.server.setServiceParent(self)
+        self.clients: List[SensorClientService] = []
+        for clientConfig in config.clients:
+            client = SensorClientService(clientConfig, reactor)
+            client.setServiceParent(self)
+            self.clients.append(client)
 
     def startService(self) -> None:
         super().startService()
-        http = self.options["http"]
-        where = []
-        if http and http.lower() != "none":
-            port = http.split(":")[1] if http.startswith("tcp:") else http
-            where.append(f"dashboard and API: http://localhost:{port}/  (metrics: /metrics)")
-        where.append(f"readings stored in {self.options['store']}")
-        where.append("every reading is logged here (twistd --logfile log.txt sensornet-demo keeps a log.txt)")
         self._log.info(
-            "sensornet demo: server on tcp:{port}; Sensor1 (temperature, every 2 s) and Sensor2 "
-            "(humidity, every 3 s) connected to it.\n{where}",
-            port=self.options["port"],
-            where="\n".join(where),
+            "sensornet demo: server on {listen}; {sensors} connected to it.\n{where}",
+            listen=", ".join(self.config.server.listen),
+            sensors=" and ".join(_describeSensors(self.config.clients)),
+            where="\n".join(_where(self.config.server)),
         )
 
 
-def makeService(options: Options, reactor: Any = None) -> MultiService:
+def _describeSensors(clients: List[ClientConfig]) -> List[str]:
+    described = []
+    for client in clients:
+        interval = client.interval if client.interval is not None else KINDS[client.kind].interval
+        for name in client.sensorNames():
+            described.append(f"{name} ({client.kind}, every {interval:g} s)")
+    return described
+
+
+def _where(server: ServerConfig) -> List[str]:
+    where = []
+    if server.http is not None:
+        where.append(f"dashboard and API: {dashboardURL(server.http)}  (metrics: /metrics)")
+    where.append(f"readings stored in {redactURL(server.store)}")
+    where.append("every reading is logged here (twistd --logfile log.txt sensornet-demo keeps a log.txt)")
+    return where
+
+
+def _endpointArguments(description: str) -> Tuple[List[str], Dict[str, str]]:
+    """
+    Split an endpoint string as Twisted does: arguments separated by C{:},
+    C{key=value} for keywords, C{\\} escaping the next character.
+
+    @return: The positional arguments (the endpoint type first) and the
+        keyword arguments.
+    """
+    positional: List[str] = []
+    keywords: Dict[str, str] = {}
+    key: Optional[str] = None
+    current: List[str] = []
+    escaped = False
+
+    def finish() -> None:
+        if key is None:
+            positional.append("".join(current))
+        else:
+            keywords[key] = "".join(current)
+
+    for character in description:
+        if escaped:
+            current.append(character)
+            escaped = False
+        elif character == "\\":
+            escaped = True
+        elif character == ":":
+            finish()
+            key, current = None, []
+        elif character == "=" and key is None:
+            key, current = "".join(current), []
+        else:
+            current.append(character)
+    finish()
+    return positional, keywords
+
+
+def dashboardURL(description: str) -> str:
+    """
+    Where to point a browser at the HTTP side listening on the server
+    endpoint string C{description}: C{http://HOST:PORT/} for C{tcp:}
+    (C{https://} for C{ssl:}), positional (C{tcp:8080}) or keyword
+    (C{tcp:port=8080}), HOST its C{interface} or C{localhost} for every
+    interface; for any other endpoint (C{unix:}, port 0, ...) the endpoint
+    string itself. Pure.
+    """
+    positional, keywords = _endpointArguments(description.strip())
+    scheme = {"tcp": "http", "tcp6": "http", "ssl": "https"}.get(positional[0].lower())
+    if scheme is None:
+        return description
+    port = keywords.get("port", positional[1] if len(positional) > 1 else "")
+    if not port.isdigit() or int(port) == 0:
+        return description
+    # Only tcp: has the interface as a positional argument (tcp:PORT:INTERFACE).
+    positionalInterface = positional[2] if positional[0].lower() == "tcp" and len(positional) > 2 else ""
+    host = keywords.get("interface", positionalInterface)
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{int(port)}/"
+
+
+def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> DemoService:
     """
     Build the server and the two seed sensors, sharing one reactor.
+    C{reactor} defaults to the global one only here, at the edge where
+    twistd calls in.
     """
     if reactor is None:
-        from twisted.internet import reactor
-    top = MultiService()
-    http = options["http"]
-    config = ServerConfig(
-        listen=[f"tcp:{options['port']}"],
-        http=None if http.lower() == "none" else http,
-        store=options["store"],
-        logReadings=not options["no-log-readings"],
-    )
-    SensorServerService(config, reactor).setServiceParent(top)
-    for name, kind in (("Sensor1", "temperature"), ("Sensor2", "humidity")):
-        sensorOptions = clienttap.Options()
-        args = ["--server", f"127.0.0.1:{options['port']}", "--kind", kind, "--sensor", name]
-        if options["seed"] is not None:
-            args += ["--seed", str(options["seed"])]
-        sensorOptions.parseOptions(args)
-        clienttap.makeSensors(sensorOptions, reactor, top)
-    _Banner(options).setServiceParent(top)
-    return top
+        from twisted.internet import reactor as globalReactor
+
+        reactor = cast(IReactorTime, globalReactor)
+    return DemoService(options.toConfig(), reactor)
