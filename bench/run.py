@@ -2,16 +2,22 @@
 sensornet's throughput benchmark: one command, ratios against a baseline
 measured in the same run.
 
-    python bench/run.py [--total N] [--connections C] [--pg postgresql://...|temp]
+    python bench/run.py [--total N] [--sensors S] [--connections C] [--pg postgresql://...|temp]
 
 Each server runs in its own process on 127.0.0.1; the load generator
 (bench/loadgen.py) runs in another and sends pipelined native lines with
-seqs, counting acknowledgements. Rows:
+seqs, counting acknowledgements. The default workload is a fleet's (W1):
+1,000,000 readings from 1,000 sensors interleaved over 50 connections, since
+a handful of sensors hides what an index over 20,000 costs. On a machine
+with two cores or more the server is pinned to one core and the load
+generator to another, so they do not compete; beside each rate the server's
+own CPU time per reading is printed (from /proc), and for the storing rows
+the bytes on disk per reading. Rows:
 
-- baseline: a bare Twisted server acking all lines of a chunk in one write
-  (bench/baseline_server.py): the ceiling of Twisted's I/O here; ratios are
-  against it
-- line-acker: the textbook LineOnlyReceiver answering each line with sendLine
+- chunk-acker: a bare Twisted server acking all lines of a chunk in one
+  write (bench/baseline_server.py): the ceiling of Twisted's I/O here
+- line-acker: the bare ack server the targets are set against, the textbook
+  LineOnlyReceiver answering each line with sendLine; ratios are against it
 - parse+ack: sensornet with --store none (parsed, acknowledged, not stored)
 - sqlite: sensornet storing into SQLite, acking after commit
 - postgresql: the same into PostgreSQL (with --pg URL, or --pg temp for a
@@ -79,29 +85,61 @@ def stopServer(server: subprocess.Popen, timeout: float = 30.0) -> None:
         server.wait()
 
 
-def measure(name: str, command: list, port: int, args: argparse.Namespace) -> dict:
+def cpuSeconds(pid: int) -> float:
+    """
+    User plus system CPU time a process (all its threads) has used so far.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cores(args: argparse.Namespace) -> tuple:
+    """
+    The CPU sets for the server and the load generator: apart when there are
+    two cores or more (and pinning is on), else no pinning.
+    """
+    available = sorted(os.sched_getaffinity(0))
+    if args.no_pin or len(available) < 2:
+        return None, None
+    return {available[0]}, {available[1]}
+
+
+def measure(name: str, command: list, port: int, args: argparse.Namespace, files: tuple = ()) -> dict:
+    serverCores, loadCores = cores(args)
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
+        if serverCores:
+            os.sched_setaffinity(server.pid, serverCores)
         waitPort(port)
+        before = cpuSeconds(server.pid)
         load = subprocess.run(
             [sys.executable, os.path.join(HERE, "loadgen.py"), "--port", str(port),
-             "--connections", str(args.connections), "--total", str(args.total),
-             "--seconds", str(args.seconds)],
-            capture_output=True, text=True, timeout=args.seconds + 60,
+             "--connections", str(args.connections), "--sensors", str(args.sensors),
+             "--total", str(args.total), "--seconds", str(args.seconds)],
+            capture_output=True, text=True, timeout=args.seconds + 120,
+            preexec_fn=(lambda: os.sched_setaffinity(0, loadCores)) if loadCores else None,
         )
+        used = cpuSeconds(server.pid) - before
         if load.returncode != 0:
             raise SystemExit(f"{name}: load generator failed: {load.stderr}")
         result = json.loads(load.stdout)
         result["name"] = name
-        return result
+        result["cpu_us"] = used / result["acked"] * 1e6 if result["acked"] else float("nan")
     finally:
         stopServer(server)
+    if files:
+        size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+        result["bytes"] = size / result["acked"] if result["acked"] else float("nan")
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--total", type=int, default=1_000_000, help="lines per row (default 1000000)")
-    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--sensors", type=int, default=1000, help="sensors, interleaved over the connections")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin server and load to separate cores")
     parser.add_argument("--seconds", type=float, default=60.0, help="time limit per row")
     parser.add_argument(
         "--pg", help="PostgreSQL URL for the postgresql row (its database is written to), or 'temp'"
@@ -131,22 +169,28 @@ def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="sensornet-bench-") as workdir:
         port = freePort()
         baseline = os.path.join(HERE, "baseline_server.py")
-        rows.append(measure("baseline", [sys.executable, baseline, str(port), "chunk"], port, args))
+        rows.append(measure("chunk-acker", [sys.executable, baseline, str(port), "chunk"], port, args))
         port = freePort()
         rows.append(measure("line-acker", [sys.executable, baseline, str(port), "line"], port, args))
         port = freePort()
         rows.append(measure("parse+ack", sensornetCommand(port, "none", workdir), port, args))
         port = freePort()
-        store = "sqlite:" + os.path.join(workdir, "bench.db")
-        rows.append(measure("sqlite", sensornetCommand(port, store, workdir), port, args))
+        path = os.path.join(workdir, "bench.db")
+        files = (path, path + "-wal")
+        rows.append(measure("sqlite", sensornetCommand(port, "sqlite:" + path, workdir), port, args, files))
         if args.pg:
             port = freePort()
             rows.append(measure("postgresql", sensornetCommand(port, args.pg, workdir), port, args))
 
-    base = rows[0]["rate"] or 1.0
-    print(f"{'row':<12} {'readings/s':>12} {'vs baseline':>12} {'acked':>10} {'seconds':>8}")
+    base = rows[1]["rate"] or 1.0
+    print(f"workload: {args.total:,} readings from {rows[0]['sensors']:,} sensors over "
+          f"{args.connections} connections; server and load pinned apart: {cores(args)[0] is not None}")
+    print(f"{'row':<12} {'readings/s':>12} {'vs line-acker':>14} {'CPU us/reading':>15} "
+          f"{'bytes/reading':>14} {'acked':>10} {'seconds':>8}")
     for row in rows:
-        print(f"{row['name']:<12} {row['rate']:>12,.0f} {row['rate'] / base:>12.3f} {row['acked']:>10} {row['seconds']:>8.2f}")
+        size = f"{row['bytes']:.1f}" if "bytes" in row else "-"
+        print(f"{row['name']:<12} {row['rate']:>12,.0f} {row['rate'] / base:>14.3f} {row['cpu_us']:>15.2f} "
+              f"{size:>14} {row['acked']:>10} {row['seconds']:>8.2f}")
 
 
 if __name__ == "__main__":
