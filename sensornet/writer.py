@@ -3,49 +3,103 @@ The store writer: group commit on one thread off the reactor, with
 backpressure.
 
 Readings handed to L{BatchWriter.submit} wait in an in-memory queue (on the
-reactor thread); one dedicated thread owns the store connection and commits
-them in batches, one transaction each. A submission's L{Deferred} fires only
-once every one of its readings is committed (or found already stored), so a
-server that acknowledges on that Deferred acknowledges only what is durable.
+reactor thread); one blocking-call runner (by default one dedicated thread,
+L{sensornet.store.threads.WorkerThreads}) owns the store connection and
+commits them in batches, one transaction each. A submission's L{Deferred}
+fires only once every one of its readings is committed (or found already
+stored), so a server that acknowledges on that Deferred acknowledges only
+what is durable.
 
-Group commit: when the writer thread is idle, a batch closes C{maxDelay}
-seconds after the first waiting reading arrived (or at once when
-C{maxBatch} readings wait); while the thread is busy, readings accumulate and
-the next batch takes up to C{maxBatch} of them as soon as it is free. Under
-load the batches grow by themselves, so the cost of a commit (an fsync, a
-network round trip) is shared by thousands of readings.
+Group commit: when the writer is idle, a batch closes C{maxDelay} seconds
+after the first waiting reading arrived (or at once when C{maxBatch}
+readings wait); while a batch is being written, readings accumulate and the
+next batch takes up to C{maxBatch} of them as soon as it is done. Under load
+the batches grow by themselves, so the cost of a commit (an fsync, a network
+round trip) is shared by thousands of readings.
+
+The lifecycle is an explicit state machine, built with Automat's
+C{TypeMachineBuilder} as Twisted's C{ClientService} is, with its mutable data
+in one L{_Core}::
+
+    state            what is going on                    leaves upon
+    ---------------  ----------------------------------  -------------------------------
+    Unstarted        not started yet; submissions wait   start -> Opening; stop -> Stopped
+    Opening          opening the store on the runner     opened -> Idle; failed -> BackingOff
+    BackingOff       waiting to try opening again        retry due -> Opening
+    Idle             store open, nothing in flight       submit -> Gathering; write now -> Writing
+                                                         (drained: stays)
+    Gathering        waiting maxDelay for more readings  write now (full, or timer) -> Writing
+    Writing          one batch in flight                 written -> Idle; failed -> BackingOff
+    Draining         stop asked, store open, nothing     write now -> DrainWriting;
+                     in flight (momentary)               drained -> Stopped
+    DrainOpening     stop asked, store opening           opened -> Draining; failed ->
+                                                         DrainBackingOff; give up -> Stopped
+    DrainBackingOff  stop asked, waiting to reopen       retry due -> DrainOpening;
+                                                         give up -> Stopped
+    DrainWriting     stop asked, one batch in flight     written -> Draining; failed ->
+                                                         DrainBackingOff; give up -> Stopped
+    Stopped          stopped; submissions fail           start -> Opening
+
+C{stop} takes each running state to its C{Drain...} twin (Idle and
+Gathering to Draining) and starts the C{stopTimeout} deadline; C{start},
+C{stop} and C{submit} are accepted in every state, so the public methods
+never raise.
+
+Why Automat rather than a hand-written table: it is the tool Twisted's own
+lifecycles use, every (state, input) pair is declared in one place, and an
+internal event arriving where it was not expected raises instead of being
+ignored; a lifecycle cannot be half-reset the way the old C{_stopping} flag
+was after a restart. The machine never looks at data to choose its next
+state: where that depends on the queue (after opening, after a batch, on a
+stop), the output that knows sends a follow-up input, C{_writeNow} or
+C{_drained} (nothing queued: Idle stays, Draining finishes), which Automat
+runs right after the current transition. No state carries Automat
+state-specific data: a stop turns Writing into DrainWriting with the same
+batch still in flight and BackingOff into DrainBackingOff with the same
+retry timer, which per-state data would have to rebuild, so the timers and
+the batch in flight live in L{_Core}, each created on entering a state and
+cancelled on leaving it.
+
+No caller code runs inside a transition. Submission and stop Deferreds, the
+live feed and the pressure observers are queued with L{_Core.later} and run
+once the machine is at rest, so a callback that submits or stops again meets
+a settled machine (and Automat, which refuses a reentrant input that returns
+a value, never sees one).
+
+Giving up on a stop abandons the runner call in flight with its runner: when
+that call returns, it closes the store it opened or wrote with, and only
+then is that runner stopped (a close handed to a runner after its stop would
+wait behind the stop forever, leaking the connection). A writer started
+again meanwhile has a runner of its own.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 
+from automat import TypeMachineBuilder
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .feed import LiveFeed
+from .interfaces import IBlockingRunner, IPressureObserver, IReadingSink, IStore
 from .metrics import ServerMetrics
 from .reading import Reading
-from .store import Store, StoreRejected, StoreUnavailable, parseStoreURL, redactURL, storeFromURL
+from .store import StoreRejected, StoreUnavailable, parseStoreURL, redactURL, storeFromURL
 from .store.threads import WorkerThreads
 
-__all__ = ["BatchWriter", "PressureObserver"]
+__all__ = ["BatchWriter"]
 
-
-class PressureObserver(Protocol):
-    """
-    Told, on the reactor thread, when the writer's backlog crosses its
-    marks (the server pauses and resumes reading from sockets).
-    """
-
-    def writerOverloaded(self) -> None: ...
-
-    def writerRecovered(self) -> None: ...
+_STOPPED = "the store writer has stopped"
+_GAVE_UP = "not stored: the server is stopping and the store is unavailable"
 
 
 class _Call:
@@ -67,8 +121,8 @@ class _Call:
 
 class _Outcome:
     """
-    What the writer thread did with one batch (possibly in several
-    transactions, when bad readings had to be isolated).
+    What the runner did with one batch (possibly in several transactions,
+    when bad readings had to be isolated).
 
     @ivar failed: Ranges (start, end) of batch indexes left uncommitted by a
         transient failure, whose details are in C{error}.
@@ -88,10 +142,22 @@ class _Outcome:
         self.unexpected: Optional[Failure] = None
         self.seconds = 0.0
 
+    @classmethod
+    def runnerFailed(cls, failure: Failure, size: int) -> "_Outcome":
+        """
+        The runner itself failed (not the store): nothing of a batch of
+        C{size} readings is known to be stored.
+        """
+        outcome = cls()
+        outcome.failed = [(0, size)]
+        outcome.error = StoreUnavailable("store writer failed")
+        outcome.unexpected = failure
+        return outcome
 
-def _writeBatch(store: Store, batch: List[Reading]) -> _Outcome:
+
+def _writeBatch(store: IStore, batch: List[Reading]) -> _Outcome:
     """
-    Commit C{batch} (on the writer thread). When the store rejects it, the
+    Commit C{batch} (on the runner's thread). When the store rejects it, the
     batch is split in halves, recursively, down to single readings, so
     that only the readings the store refuses are left out and every other
     one is committed. A transient failure stops everything: what was not
@@ -131,7 +197,11 @@ def _writeBatch(store: Store, batch: List[Reading]) -> _Outcome:
     return outcome
 
 
-def _openStore(factory: Callable[[str], Store], url: str) -> Store:
+def _openStore(factory: Callable[[str], IStore], url: str) -> IStore:
+    """
+    Make and open the store (on the runner's thread); closed again if
+    opening fails.
+    """
     store = factory(url)
     try:
         store.open()
@@ -141,16 +211,821 @@ def _openStore(factory: Callable[[str], Store], url: str) -> Store:
     return store
 
 
+class _Batch:
+    """
+    The readings of one transaction, and where each run of them came from:
+    C{segments} holds (call, index in the call, index in the batch, count).
+    """
+
+    __slots__ = ("readings", "segments")
+
+    def __init__(self, readings: List[Reading], segments: List[Tuple[_Call, int, int, int]]) -> None:
+        self.readings = readings
+        self.segments = segments
+
+
+class _Queue:
+    """
+    The submissions waiting, oldest first.
+
+    @ivar queued: Readings waiting, not yet taken into a batch.
+    """
+
+    def __init__(self) -> None:
+        self._calls: Deque[_Call] = deque()
+        self.queued = 0
+
+    def add(self, call: _Call) -> None:
+        self._calls.append(call)
+        self.queued += len(call.readings)
+
+    def take(self, most: int) -> _Batch:
+        """
+        The next batch: up to C{most} readings, oldest first, skipping calls
+        already settled.
+        """
+        readings: List[Reading] = []
+        segments: List[Tuple[_Call, int, int, int]] = []
+        room = most
+        calls = self._calls
+        while calls and room:
+            call = calls[0]
+            if call.done:
+                calls.popleft()
+                continue
+            start = call.taken
+            take = min(len(call.readings) - start, room)
+            segments.append((call, start, len(readings), take))
+            if start == 0 and take == len(call.readings):
+                readings.extend(call.readings)
+            else:
+                readings.extend(call.readings[start : start + take])
+            call.taken += take
+            call.inFlight += take
+            room -= take
+            if call.taken == len(call.readings):
+                calls.popleft()
+        self.queued -= len(readings)
+        return _Batch(readings, segments)
+
+    def drop(self, call: _Call) -> None:
+        """
+        Settle C{call} without storing the rest of it: its readings not yet
+        taken leave the queue.
+        """
+        call.done = True
+        untaken = len(call.readings) - call.taken
+        if untaken:
+            self.queued -= untaken
+            call.taken = len(call.readings)
+
+    def clear(self) -> List[_Call]:
+        """
+        Empty the queue; returns the calls that were not settled yet (they
+        are not settled by this).
+        """
+        calls = [call for call in self._calls if not call.done]
+        self._calls.clear()
+        return calls
+
+
+class _Pressure:
+    """
+    Backpressure: whether the backlog is over the high-water mark, with
+    hysteresis down to the low-water mark, and who to tell.
+    """
+
+    def __init__(self, highWater: int, lowWater: int) -> None:
+        self.highWater = highWater
+        self.lowWater = lowWater
+        self.overloaded = False
+        self.observers: List[IPressureObserver] = []
+
+    def crossed(self, backlog: int) -> Optional[bool]:
+        """
+        Note the new C{backlog}; returns C{True} when it just crossed the
+        high-water mark, C{False} when it just fell below the low-water
+        mark, else L{None}.
+        """
+        if not self.overloaded and backlog > self.highWater:
+            self.overloaded = True
+            return True
+        if self.overloaded and backlog < self.lowWater:
+            self.overloaded = False
+            return False
+        return None
+
+    def tell(self, overloaded: bool, log: Logger) -> None:
+        """
+        Call every observer's C{writerOverloaded} or C{writerRecovered}; one
+        that raises is logged and does not stop the others.
+        """
+        for observer in list(self.observers):
+            try:
+                if overloaded:
+                    observer.writerOverloaded()
+                else:
+                    observer.writerRecovered()
+            except Exception:
+                log.failure("Pressure observer {observer!r} failed", observer=observer)
+
+
+# -- what becomes of a batch: one concern each -------------------------------
+
+
+def _countOutcome(metrics: ServerMetrics, outcome: _Outcome, size: int) -> None:
+    """
+    Metrics for one batch of C{size} readings.
+    """
+    if outcome.stored or outcome.duplicates:
+        metrics.readingsStored.inc(outcome.stored)
+        metrics.readingsDuplicate.inc(outcome.duplicates)
+        metrics.batchSize.observe(size)
+        metrics.commitSeconds.observe(outcome.seconds)
+    if outcome.error is not None:
+        metrics.commitFailures.inc()
+
+
+def _logOutcome(log: Logger, outcome: _Outcome) -> None:
+    """
+    Log what went wrong with one batch, if anything did.
+    """
+    if outcome.error is not None:
+        lost = sum(end - start for start, end in outcome.failed)
+        if outcome.unexpected is not None:
+            log.failure(
+                "Store write failed: {lost} readings not stored, none of them acknowledged",
+                outcome.unexpected, lost=lost,
+            )
+        else:
+            log.warn(
+                "Store write failed: {lost} readings not stored, none of them acknowledged: {error}",
+                lost=lost, error=str(outcome.error),
+            )
+    if outcome.rejected:
+        log.warn(
+            "Store refused {n} readings for good (reported to their senders), e.g. {example}",
+            n=len(outcome.rejected), example=next(iter(outcome.rejected.values())),
+        )
+
+
+def _newlyStored(readings: List[Reading], outcome: _Outcome) -> List[Reading]:
+    """
+    The readings of a batch that this batch stored (not duplicates, not
+    refused, not lost to a failure): what the live feed gets.
+    """
+    if not outcome.stored:
+        return []
+    if outcome.stored == len(readings):
+        return readings
+    left = set(outcome.duplicateIndexes)
+    left.update(outcome.rejected)
+    for start, end in outcome.failed:
+        left.update(range(start, end))
+    return [reading for index, reading in enumerate(readings) if index not in left]
+
+
+def _settle(queue: _Queue, batch: _Batch, outcome: _Outcome) -> List[Tuple[_Call, Optional[str]]]:
+    """
+    Record C{outcome} in the calls that had readings in C{batch}; returns
+    the calls now settled, each with L{None} (stored: fire with its
+    C{rejected}) or why it failed.
+    """
+    settled: List[Tuple[_Call, Optional[str]]] = []
+    failed, rejected = outcome.failed, outcome.rejected
+    for call, start, batchStart, take in batch.segments:
+        call.inFlight -= take
+        if call.done:
+            continue
+        batchEnd = batchStart + take
+        if failed and any(s < batchEnd and batchStart < e for s, e in failed):
+            queue.drop(call)
+            settled.append((call, f"not stored, the store failed: {outcome.error}"))
+            continue
+        if rejected:
+            for index, reason in rejected.items():
+                if batchStart <= index < batchEnd:
+                    call.rejected[start + index - batchStart] = reason
+        if call.taken == len(call.readings) and call.inFlight == 0:
+            call.done = True
+            settled.append((call, None))
+    return settled
+
+
+def _fire(call: _Call, why: Optional[str]) -> None:
+    """
+    Fire C{call}'s Deferred: with its rejected readings, or, given C{why},
+    with L{StoreUnavailable}.
+    """
+    if why is None:
+        call.deferred.callback(call.rejected)
+    else:
+        call.deferred.errback(StoreUnavailable(why))
+
+
+def _fireAll(waiters: List["Deferred[None]"]) -> None:
+    for d in waiters:
+        d.callback(None)
+
+
+# -- the state machine ----------------------------------------------------------
+
+
+class _Inputs(Protocol):
+    """
+    The writer's state machine: what can happen to it.
+    """
+
+    def start(self) -> None:
+        """
+        The service started: open the store and take readings.
+        """
+
+    def stop(self) -> Deferred[None]:
+        """
+        The service stops: commit what is queued (within C{stopTimeout}),
+        close the store, stop the runner.
+
+        @return: Fires once stopped (see L{BatchWriter.stopService}).
+        """
+
+    def submit(self, call: _Call) -> None:
+        """
+        A submission with at least one reading arrived.
+        """
+
+    def _storeOpened(self, store: IStore) -> None:
+        """
+        The runner opened the store.
+        """
+
+    def _openFailed(self, failure: Failure) -> None:
+        """
+        The runner could not open the store.
+        """
+
+    def _retryDue(self) -> None:
+        """
+        The wait before opening again is over.
+        """
+
+    def _writeNow(self) -> None:
+        """
+        Write what is queued now: a batch is full, the gathering delay is
+        over, or readings waited while the store was busy or opening.
+        """
+
+    def _batchWritten(self, outcome: _Outcome) -> None:
+        """
+        The batch in flight is done without a transient failure (readings
+        may have been refused for good).
+        """
+
+    def _batchFailed(self, outcome: _Outcome) -> None:
+        """
+        The batch in flight failed transiently; the runner closed the store.
+        """
+
+    def _drained(self) -> None:
+        """
+        Nothing is queued or in flight (any more): stay idle, or finish
+        stopping.
+        """
+
+    def _giveUp(self) -> None:
+        """
+        C{stopTimeout} passed before the queue could be drained.
+        """
+
+
+@dataclass
+class _Core:
+    """
+    The writer's mutable data, shared by every state.
+
+    @ivar runner: The runner of the current run (L{None} when stopped); a
+        runner call that returns when its runner is no longer this one was
+        abandoned by giving up.
+    @ivar batch: The batch in flight (Writing, DrainWriting).
+    @ivar closeWaiters: Stop Deferreds waiting for the close of the store
+        of the last run, while it is in progress.
+    @ivar startAgain: C{start} came while stopping: start again once
+        stopped.
+    """
+
+    storeURL: str
+    storeFactory: Callable[[str], IStore]
+    runnerFactory: Callable[[], IBlockingRunner]
+    clock: IReactorTime
+    metrics: ServerMetrics
+    feed: Optional[LiveFeed]
+    pressure: _Pressure
+    maxBatch: int
+    maxDelay: float
+    stopTimeout: float
+    initialBackoff: float
+    maxBackoff: float
+    log: Logger
+    queue: _Queue = field(default_factory=_Queue)
+    runner: Optional[IBlockingRunner] = None
+    store: Optional[IStore] = None
+    batch: Optional[_Batch] = None
+    backoff: float = 0.0
+    retry: Optional[IDelayedCall] = None
+    gather: Optional[IDelayedCall] = None
+    deadline: Optional[IDelayedCall] = None
+    opened: bool = False
+    openWaiters: List[Deferred[None]] = field(default_factory=list)
+    stopWaiters: List[Deferred[None]] = field(default_factory=list)
+    closeWaiters: Optional[List[Deferred[None]]] = None
+    startAgain: bool = False
+    _later: Deque[Callable[[], None]] = field(default_factory=deque)
+    _depth: int = 0
+
+    # -- running inputs and delivering news ---------------------------------
+
+    def dispatch(self, input: Callable[..., Any], *args: Any) -> Any:
+        """
+        Give the machine an input, then deliver what it queued with
+        L{later} once no input is running.
+        """
+        self._depth += 1
+        try:
+            return input(*args)
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self._deliver()
+
+    def later(self, function: Callable[..., None], *args: Any) -> None:
+        """
+        Call C{function(*args)} (code of callers and observers) once no
+        input is running: at once when none is.
+        """
+        self._later.append(partial(function, *args))
+        if not self._depth:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        later = self._later
+        while later:
+            try:
+                later.popleft()()
+            except Exception:
+                self.log.failure("Store writer: delivering a result failed")
+
+    # -- helpers for the outputs ----------------------------------------------
+
+    @property
+    def inFlight(self) -> int:
+        return len(self.batch.readings) if self.batch is not None else 0
+
+    def backlogChanged(self) -> None:
+        """
+        Export the backlog and tell the pressure observers about a crossing.
+        """
+        backlog = self.queue.queued + self.inFlight
+        self.metrics.writerBacklog.set(backlog)
+        crossed = self.pressure.crossed(backlog)
+        if crossed is None:
+            return
+        if crossed:
+            self.log.warn(
+                "Store writer backlog {n} over {high}: asking for backpressure",
+                n=backlog, high=self.pressure.highWater,
+            )
+        else:
+            self.log.info(
+                "Store writer backlog {n} under {low}: pressure off", n=backlog, low=self.pressure.lowWater
+            )
+        self.later(self.pressure.tell, crossed, self.log)
+
+    def enqueue(self, call: _Call) -> None:
+        self.queue.add(call)
+        self.backlogChanged()
+
+    def full(self) -> bool:
+        return self.queue.queued >= self.maxBatch
+
+    def nextBackoff(self) -> float:
+        """
+        The wait before the next attempt to open; the one after doubles, up
+        to C{maxBackoff}.
+        """
+        delay = self.backoff
+        self.backoff = min(self.backoff * 2, self.maxBackoff)
+        return delay
+
+    def retryLater(self, c: _Inputs) -> float:
+        """
+        Schedule the next attempt to open; returns in how many seconds.
+        """
+        delay = self.nextBackoff()
+        self.retry = self.clock.callLater(delay, self.dispatch, c._retryDue)
+        return delay
+
+    def cancelGather(self) -> None:
+        gather, self.gather = self.gather, None
+        if gather is not None and gather.active():
+            gather.cancel()
+
+    def failWaiting(self, why: str) -> int:
+        """
+        Fail every call not settled yet, queued or in flight; returns how
+        many readings they left unstored.
+        """
+        calls = self.queue.clear()
+        if self.batch is not None:
+            calls.extend(call for call, _s, _b, _t in self.batch.segments)
+        self.batch = None
+        unstored = 0
+        for call in calls:
+            if not call.done:
+                unstored += len(call.readings) - (call.taken - call.inFlight)
+                self.queue.drop(call)
+                self.later(_fire, call, why)
+        self.queue.queued = 0
+        self.backlogChanged()
+        return unstored
+
+    def failOpenWaiters(self) -> None:
+        waiting, self.openWaiters = self.openWaiters, []
+        for d in waiting:
+            self.later(d.errback, StoreUnavailable("the store writer stopped before the store could be opened"))
+
+    def waitForStop(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.stopWaiters.append(d)
+        return d
+
+
+def _closeAbandoned(s: _Core, runner: IBlockingRunner, store: Optional[IStore]) -> None:
+    """
+    A call given up on has returned: close the store it used (before the
+    runner stops, so the close runs) and stop its runner.
+    """
+    if store is not None:
+        s.log.info("Store writer closing a store connection it had given up on")
+        closing = runner.run(store.close)
+        closing.addErrback(lambda f: s.log.failure("Closing the store failed", f))
+    runner.stop()
+
+
+def _open(c: _Inputs, s: _Core) -> None:
+    """
+    Open the store on the runner.
+    """
+    runner = s.runner
+    assert runner is not None
+
+    def opened(store: IStore) -> None:
+        if s.runner is runner:
+            s.dispatch(c._storeOpened, store)
+        else:
+            _closeAbandoned(s, runner, store)
+
+    def failed(failure: Failure) -> None:
+        if s.runner is runner:
+            s.dispatch(c._openFailed, failure)
+        else:
+            _closeAbandoned(s, runner, None)
+
+    runner.run(_openStore, s.storeFactory, s.storeURL).addCallbacks(opened, failed)
+
+
+def _write(c: _Inputs, s: _Core) -> None:
+    """
+    Hand the next batch to the runner.
+    """
+    runner, store = s.runner, s.store
+    assert runner is not None and store is not None
+    batch = s.batch = s.queue.take(s.maxBatch)
+
+    def written(outcome: _Outcome) -> None:
+        if s.runner is not runner:
+            _closeAbandoned(s, runner, store)
+        elif outcome.error is None:
+            s.dispatch(c._batchWritten, outcome)
+        else:
+            s.dispatch(c._batchFailed, outcome)
+
+    def failed(failure: Failure) -> None:
+        written(_Outcome.runnerFailed(failure, len(batch.readings)))
+
+    runner.run(_writeBatch, store, batch.readings).addCallbacks(written, failed)
+
+
+def _settleBatch(s: _Core, outcome: _Outcome) -> None:
+    """
+    The batch in flight is done: metrics, logs, then (in this order, once
+    the machine is at rest) the live feed, the pressure observers and the
+    submitters. The feed comes first so that a sender never sees its
+    reading acknowledged before watchers see it stored.
+    """
+    batch, s.batch = s.batch, None
+    assert batch is not None
+    _countOutcome(s.metrics, outcome, len(batch.readings))
+    _logOutcome(s.log, outcome)
+    if s.feed is not None:
+        stored = _newlyStored(batch.readings, outcome)
+        if stored:
+            s.later(s.feed.publish, stored)
+    settled = _settle(s.queue, batch, outcome)
+    s.backlogChanged()
+    for call, why in settled:
+        s.later(_fire, call, why)
+
+
+def _startRun(c: _Inputs, s: _Core) -> None:
+    """
+    A new run: a runner of its own (one abandoned by giving up may still be
+    busy), then open the store.
+    """
+    s.startAgain = False
+    s.backoff = s.initialBackoff
+    s.runner = s.runnerFactory()
+    s.runner.start()
+    _open(c, s)
+
+
+def _finish(c: _Inputs, s: _Core) -> None:
+    """
+    Drained: close the store and stop the runner; the stop Deferreds fire
+    once the store is closed.
+    """
+    deadline, s.deadline = s.deadline, None
+    if deadline is not None and deadline.active():
+        deadline.cancel()
+    # Nothing can be left here; should anything be, it must not wait forever.
+    s.failWaiting(_STOPPED)
+    runner, s.runner = s.runner, None
+    store, s.store = s.store, None
+    assert runner is not None
+    closed = runner.run(store.close) if store is not None else succeed(None)
+    runner.stop()
+    s.failOpenWaiters()
+    waiters, s.stopWaiters = s.stopWaiters, []
+    s.closeWaiters = waiters
+
+    def done(result: object) -> None:
+        if s.closeWaiters is waiters:
+            s.closeWaiters = None
+        s.later(_fireAll, waiters)
+
+    closed.addBoth(done)
+    if s.startAgain:
+        c.start()
+
+
+def _gaveUp(c: _Inputs, s: _Core, inFlight: bool) -> None:
+    """
+    C{stopTimeout} passed: fail what waits, let go of the runner and the
+    store, and stop at once (the runner may be stuck in the database).
+
+    @param inFlight: Whether a runner call is in flight; it then closes up
+        after itself when it returns (see L{_closeAbandoned}).
+    """
+    s.deadline = None
+    unstored = s.failWaiting(_GAVE_UP)
+    s.log.error(
+        "Store writer stopping after {timeout}s without storing {n} readings (none acknowledged)",
+        timeout=s.stopTimeout, n=unstored,
+    )
+    runner, s.runner = s.runner, None
+    s.store = None
+    assert runner is not None
+    if not inFlight:
+        runner.stop()
+    s.failOpenWaiters()
+    waiters, s.stopWaiters = s.stopWaiters, []
+    s.later(_fireAll, waiters)
+    if s.startAgain:
+        c.start()
+
+
+def _makeMachine() -> Callable[[_Core], _Inputs]:
+    machine = TypeMachineBuilder(_Inputs, _Core)
+
+    Unstarted = machine.state("Unstarted")
+    Opening = machine.state("Opening")
+    BackingOff = machine.state("BackingOff")
+    Idle = machine.state("Idle")
+    Gathering = machine.state("Gathering")
+    Writing = machine.state("Writing")
+    Draining = machine.state("Draining")
+    DrainOpening = machine.state("DrainOpening")
+    DrainBackingOff = machine.state("DrainBackingOff")
+    DrainWriting = machine.state("DrainWriting")
+    Stopped = machine.state("Stopped")
+
+    running = [Opening, BackingOff, Idle, Gathering, Writing]
+    draining = [Draining, DrainOpening, DrainBackingOff, DrainWriting]
+
+    # -- start ------------------------------------------------------------------
+
+    @Unstarted.upon(_Inputs.start).to(Opening)
+    @Stopped.upon(_Inputs.start).to(Opening)
+    def start(c: _Inputs, s: _Core) -> None:
+        _startRun(c, s)
+
+    for state in running:
+        state.upon(_Inputs.start).loop().returns(None)
+
+    def startOnceStopped(c: _Inputs, s: _Core) -> None:
+        s.startAgain = True
+
+    for state in draining:
+        state.upon(_Inputs.start).loop()(startOnceStopped)
+
+    # -- submit -----------------------------------------------------------------
+
+    def enqueue(c: _Inputs, s: _Core, call: _Call) -> None:
+        s.enqueue(call)
+
+    for state in [Unstarted, Opening, BackingOff, Writing, *draining]:
+        state.upon(_Inputs.submit).loop()(enqueue)
+
+    @Idle.upon(_Inputs.submit).to(Gathering)
+    def startGathering(c: _Inputs, s: _Core, call: _Call) -> None:
+        s.enqueue(call)
+        if s.full():
+            c._writeNow()
+        else:
+            s.gather = s.clock.callLater(s.maxDelay, s.dispatch, c._writeNow)
+
+    @Gathering.upon(_Inputs.submit).loop()
+    def gather(c: _Inputs, s: _Core, call: _Call) -> None:
+        s.enqueue(call)
+        if s.full():
+            c._writeNow()
+
+    @Stopped.upon(_Inputs.submit).loop()
+    def refuse(c: _Inputs, s: _Core, call: _Call) -> None:
+        call.done = True
+        s.later(_fire, call, _STOPPED)
+
+    # -- opening ----------------------------------------------------------------
+
+    def carryOn(c: _Inputs, s: _Core) -> None:
+        # In Idle or Draining, the next step depends on the queue.
+        c._writeNow() if s.queue.queued else c._drained()
+
+    def remember(s: _Core, store: IStore) -> None:
+        s.store = store
+        s.backoff = s.initialBackoff
+        s.log.info("Store writer connected to {store}", store=redactURL(s.storeURL))
+        if not s.opened:
+            s.opened = True
+            waiting, s.openWaiters = s.openWaiters, []
+            s.later(_fireAll, waiting)
+
+    @Opening.upon(_Inputs._storeOpened).to(Idle)
+    @DrainOpening.upon(_Inputs._storeOpened).to(Draining)
+    def opened(c: _Inputs, s: _Core, store: IStore) -> None:
+        remember(s, store)
+        carryOn(c, s)
+
+    @Opening.upon(_Inputs._openFailed).to(BackingOff)
+    @DrainOpening.upon(_Inputs._openFailed).to(DrainBackingOff)
+    def openFailed(c: _Inputs, s: _Core, failure: Failure) -> None:
+        delay = s.retryLater(c)
+        if failure.check(StoreUnavailable):
+            s.log.warn(
+                "Cannot open store {store}: {error}; retrying in {delay}s",
+                store=redactURL(s.storeURL), error=str(failure.value), delay=delay,
+            )
+        else:
+            s.log.failure(
+                "Cannot open store {store}; retrying in {delay}s", failure,
+                store=redactURL(s.storeURL), delay=delay,
+            )
+
+    @BackingOff.upon(_Inputs._retryDue).to(Opening)
+    @DrainBackingOff.upon(_Inputs._retryDue).to(DrainOpening)
+    def retry(c: _Inputs, s: _Core) -> None:
+        s.retry = None
+        _open(c, s)
+
+    # -- writing ----------------------------------------------------------------
+
+    @Idle.upon(_Inputs._writeNow).to(Writing)
+    @Gathering.upon(_Inputs._writeNow).to(Writing)
+    @Draining.upon(_Inputs._writeNow).to(DrainWriting)
+    def write(c: _Inputs, s: _Core) -> None:
+        s.cancelGather()
+        _write(c, s)
+
+    @Writing.upon(_Inputs._batchWritten).to(Idle)
+    @DrainWriting.upon(_Inputs._batchWritten).to(Draining)
+    def written(c: _Inputs, s: _Core, outcome: _Outcome) -> None:
+        _settleBatch(s, outcome)
+        carryOn(c, s)
+
+    @Writing.upon(_Inputs._batchFailed).to(BackingOff)
+    @DrainWriting.upon(_Inputs._batchFailed).to(DrainBackingOff)
+    def writeFailed(c: _Inputs, s: _Core, outcome: _Outcome) -> None:
+        # The runner closed the store; reopen it before the next batch.
+        s.store = None
+        _settleBatch(s, outcome)
+        s.retryLater(c)
+
+    # -- stopping ---------------------------------------------------------------
+
+    @Unstarted.upon(_Inputs.stop).to(Stopped)
+    def stopUnstarted(c: _Inputs, s: _Core) -> Deferred[None]:
+        s.failWaiting(_STOPPED)
+        s.failOpenWaiters()
+        return succeed(None)
+
+    @Stopped.upon(_Inputs.stop).loop()
+    def stopStopped(c: _Inputs, s: _Core) -> Deferred[None]:
+        if s.closeWaiters is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        s.closeWaiters.append(d)
+        return d
+
+    def beginStopping(c: _Inputs, s: _Core) -> Deferred[None]:
+        s.deadline = s.clock.callLater(s.stopTimeout, s.dispatch, c._giveUp)
+        return s.waitForStop()
+
+    @Opening.upon(_Inputs.stop).to(DrainOpening)
+    @BackingOff.upon(_Inputs.stop).to(DrainBackingOff)
+    @Writing.upon(_Inputs.stop).to(DrainWriting)
+    def stopBusy(c: _Inputs, s: _Core) -> Deferred[None]:
+        return beginStopping(c, s)
+
+    @Idle.upon(_Inputs.stop).to(Draining)
+    @Gathering.upon(_Inputs.stop).to(Draining)
+    def stopOpen(c: _Inputs, s: _Core) -> Deferred[None]:
+        s.cancelGather()
+        waiter = beginStopping(c, s)
+        carryOn(c, s)
+        return waiter
+
+    @Draining.upon(_Inputs.stop).loop()
+    @DrainOpening.upon(_Inputs.stop).loop()
+    @DrainBackingOff.upon(_Inputs.stop).loop()
+    @DrainWriting.upon(_Inputs.stop).loop()
+    def stopAgain(c: _Inputs, s: _Core) -> Deferred[None]:
+        s.startAgain = False
+        return s.waitForStop()
+
+    Idle.upon(_Inputs._drained).loop().returns(None)
+
+    @Draining.upon(_Inputs._drained).to(Stopped)
+    def drained(c: _Inputs, s: _Core) -> None:
+        _finish(c, s)
+
+    @DrainOpening.upon(_Inputs._giveUp).to(Stopped)
+    @DrainWriting.upon(_Inputs._giveUp).to(Stopped)
+    def giveUpInFlight(c: _Inputs, s: _Core) -> None:
+        _gaveUp(c, s, inFlight=True)
+
+    @DrainBackingOff.upon(_Inputs._giveUp).to(Stopped)
+    def giveUpWaiting(c: _Inputs, s: _Core) -> None:
+        retry, s.retry = s.retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
+        _gaveUp(c, s, inFlight=False)
+
+    return machine.build()
+
+
+_WriterMachine = _makeMachine()
+
+
+def _threadRunner(reactor: IReactorFromThreads) -> Callable[[], IBlockingRunner]:
+    """
+    The default runner factory: one daemon thread per run.
+    """
+
+    def makeRunner() -> IBlockingRunner:
+        return WorkerThreads(reactor, 1, "sensornet-writer")
+
+    return makeRunner
+
+
+@implementer(IReadingSink)
 class BatchWriter(Service):
     """
-    Commits submitted readings in batches on one dedicated thread.
+    Commits submitted readings in batches on one blocking-call runner (one
+    dedicated thread by default).
 
     @ivar backlog: Readings submitted and not yet settled (queued or in the
         transaction in flight).
     @ivar overloaded: True from when C{backlog} exceeds C{highWater} until it
         falls below C{lowWater}.
 
+    @cvar initialBackoff: First wait, in seconds, between attempts to
+        (re)open the store; the wait doubles from one attempt to the next.
+    @cvar maxBackoff: Longest such wait, in seconds.
+
     @param storeURL: Where to write (see L{sensornet.store.parseStoreURL}).
+    @param reactor: Time for the gathering delay, the backoff and the stop
+        deadline; unless C{runnerFactory} is given, it must also provide
+        L{IReactorFromThreads} (the default runner's threads report back
+        through it).
     @param maxBatch: Most readings in one transaction.
     @param maxDelay: Seconds an idle writer waits to gather readings into a
         batch.
@@ -161,29 +1036,35 @@ class BatchWriter(Service):
         and benchmarks. Defaults to L{sensornet.store.storeFromURL}.
     @param stopTimeout: Seconds L{stopService} keeps trying to commit what is
         queued (during an outage) before giving up on it.
+    @param runnerFactory: Makes the runner of the blocking store calls, once
+        per start; it must run calls one at a time, in order. Defaults to
+        one daemon thread (L{WorkerThreads}); tests give a runner whose
+        Deferreds they fire by hand.
 
-    @raise ValueError: C{storeURL} is not a store URL.
+    @raise ValueError: C{storeURL} is not a store URL, or a bound is out of
+        range.
+    @raise TypeError: No C{runnerFactory} is given and C{reactor} does not
+        provide L{IReactorFromThreads}.
     """
 
     _log = Logger()
 
-    #: First and longest wait, in seconds, between attempts to (re)open the
-    #: store; the wait doubles from one to the other.
     initialBackoff = 0.1
     maxBackoff = 5.0
 
     def __init__(
         self,
         storeURL: str,
-        reactor: Any,
+        reactor: IReactorTime,
         metrics: ServerMetrics,
         feed: Optional[LiveFeed] = None,
         maxBatch: int = 5000,
         maxDelay: float = 0.002,
         highWater: int = 100_000,
         lowWater: int = 25_000,
-        storeFactory: Optional[Callable[[str], Store]] = None,
+        storeFactory: Optional[Callable[[str], IStore]] = None,
         stopTimeout: float = 10.0,
+        runnerFactory: Optional[Callable[[], IBlockingRunner]] = None,
     ) -> None:
         if storeFactory is None:
             parseStoreURL(storeURL)
@@ -192,6 +1073,8 @@ class BatchWriter(Service):
             raise ValueError("maxBatch must be at least 1")
         if not 0 <= lowWater <= highWater:
             raise ValueError("need 0 <= lowWater <= highWater")
+        if runnerFactory is None:
+            runnerFactory = _threadRunner(IReactorFromThreads(reactor))
         self.storeURL = storeURL
         self.reactor = reactor
         self.metrics = metrics
@@ -201,54 +1084,61 @@ class BatchWriter(Service):
         self.highWater = highWater
         self.lowWater = lowWater
         self.stopTimeout = stopTimeout
-        self.overloaded = False
-        self._storeFactory = storeFactory
-        self._threads: Optional[WorkerThreads] = None
-        self._store: Optional[Store] = None
-        self._busy = False
-        self._queue: Deque[_Call] = deque()
-        self._queued = 0
-        self._inFlight = 0
-        self._inFlightSegments: List[Tuple[_Call, int, int, int]] = []
-        self._gather: Optional[IDelayedCall] = None
-        self._retry: Optional[IDelayedCall] = None
-        self._backoff = self.initialBackoff
-        self._observers: List[PressureObserver] = []
-        self._opened = False
-        self._whenOpen: List[Deferred[None]] = []
-        self._stopping: Optional[Deferred[None]] = None
-        self._deadline: Optional[IDelayedCall] = None
-        self._finished = False
+        self._pressure = _Pressure(highWater, lowWater)
+        self._core = _Core(
+            storeURL=storeURL,
+            storeFactory=storeFactory,
+            runnerFactory=runnerFactory,
+            clock=reactor,
+            metrics=metrics,
+            feed=feed,
+            pressure=self._pressure,
+            maxBatch=maxBatch,
+            maxDelay=maxDelay,
+            stopTimeout=stopTimeout,
+            initialBackoff=self.initialBackoff,
+            maxBackoff=self.maxBackoff,
+            log=self._log,
+        )
+        self._machine = _WriterMachine(self._core)
 
     # -- public -------------------------------------------------------------
 
     @property
     def backlog(self) -> int:
-        return self._queued + self._inFlight
+        core = self._core
+        return core.queue.queued + core.inFlight
 
-    def addPressureObserver(self, observer: PressureObserver) -> None:
+    @property
+    def overloaded(self) -> bool:
+        return self._pressure.overloaded
+
+    def addPressureObserver(self, observer: IPressureObserver) -> None:
         """
         Call C{observer.writerOverloaded()} and C{observer.writerRecovered()}
         (on the reactor thread) at the backlog's crossings from now on.
         """
-        self._observers.append(observer)
+        self._pressure.observers.append(observer)
 
     def whenOpen(self) -> Deferred[None]:
         """
         A L{Deferred} that fires once the store has been opened for the first
-        time (at once if it has been).
+        time (at once if it has been); it fails with L{StoreUnavailable} if
+        the writer stops before that.
         """
-        if self._opened:
+        if self._core.opened:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        self._whenOpen.append(d)
+        self._core.openWaiters.append(d)
         return d
 
     def submit(self, readings: List[Reading]) -> Deferred[Dict[int, str]]:
         """
         Queue C{readings}, in order, for storing. Never raises.
 
-        The caller must not change the list afterwards.
+        The caller must not change the list afterwards. Readings submitted
+        before the writer starts wait for it; once it has stopped, they fail
+        at once.
 
         @return: A L{Deferred} firing, once every reading in C{readings} is
             committed or was already stored, with C{{index: reason}} for the
@@ -262,310 +1152,33 @@ class BatchWriter(Service):
         if not readings:
             d.callback({})
             return d
-        if self._finished:
-            d.errback(StoreUnavailable("the store writer has stopped"))
-            return d
-        self._queue.append(_Call(readings, d))
-        self._queued += len(readings)
-        self._backlogChanged()
-        self._schedule()
+        self._core.dispatch(self._machine.submit, _Call(readings, d))
         return d
 
     # -- service ------------------------------------------------------------
 
     def startService(self) -> None:
         """
-        Start the writer thread and open the store on it, retrying with
-        backoff while that fails; submissions queue meanwhile.
+        Start a runner and open the store on it, retrying with backoff while
+        that fails; submissions queue meanwhile. A writer stopped earlier
+        starts afresh.
         """
         super().startService()
-        self._finished = False
-        self._threads = WorkerThreads(self.reactor, 1, "sensornet-writer")
-        self._threads.start()
-        self._tryOpen()
+        self._core.initialBackoff = self.initialBackoff
+        self._core.maxBackoff = self.maxBackoff
+        self._core.dispatch(self._machine.start)
 
     def stopService(self) -> Deferred[None]:
         """
         Commit everything queued, fire every pending Deferred, close the
-        store and end the thread. If that cannot be done within
-        C{stopTimeout} seconds (the database is down), the readings still
-        waiting fail with L{StoreUnavailable} and the writer stops anyway.
+        store and stop the runner; the result fires once the store is
+        closed. If that cannot be done within C{stopTimeout} seconds (the
+        database is down), the readings still waiting fail with
+        L{StoreUnavailable} and the result fires at once, without waiting
+        for the runner (it closes the store it may still open or write
+        with when that call returns). Calling it again returns a Deferred
+        that fires at the same time.
         """
         super().stopService()
-        if self._stopping is not None:
-            return self._stopping
-        self._stopping = Deferred()
-        if self._threads is None:
-            self._finished = True
-            self._stopping.callback(None)
-            return self._stopping
-        self._deadline = self.reactor.callLater(self.stopTimeout, self._giveUp)
-        if self._gather is not None:
-            self._gather.cancel()
-            self._gather = None
-        self._flush()
-        self._checkDrained()
-        return self._stopping
-
-    # -- opening --------------------------------------------------------------
-
-    def _tryOpen(self) -> None:
-        self._retry = None
-        if self._finished or self._threads is None:
-            return
-        self._busy = True
-        self._threads.run(_openStore, self._storeFactory, self.storeURL).addCallbacks(
-            self._storeOpened, self._openFailed
-        )
-
-    def _storeOpened(self, store: Store) -> None:
-        self._busy = False
-        if self._finished:
-            assert self._threads is not None
-            self._threads.run(store.close)
-            return
-        self._store = store
-        self._backoff = self.initialBackoff
-        self._log.info("Store writer connected to {store}", store=redactURL(self.storeURL))
-        if not self._opened:
-            self._opened = True
-            waiting, self._whenOpen = self._whenOpen, []
-            for d in waiting:
-                d.callback(None)
-        self._flush()
-        self._checkDrained()
-
-    def _openFailed(self, failure: Failure) -> None:
-        self._busy = False
-        if self._finished:
-            return
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self.maxBackoff)
-        if failure.check(StoreUnavailable):
-            self._log.warn(
-                "Cannot open store {store}: {error}; retrying in {delay}s",
-                store=redactURL(self.storeURL), error=str(failure.value), delay=delay,
-            )
-        else:
-            self._log.failure(
-                "Cannot open store {store}; retrying in {delay}s", failure,
-                store=redactURL(self.storeURL), delay=delay,
-            )
-        self._retry = self.reactor.callLater(delay, self._tryOpen)
-
-    # -- batching -------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        """
-        A reading arrived: start a batch now if enough wait, else make sure
-        one starts within C{maxDelay}.
-        """
-        if self._busy or self._store is None:
-            return
-        if self._queued >= self.maxBatch:
-            if self._gather is not None:
-                self._gather.cancel()
-                self._gather = None
-            self._flush()
-        elif self._gather is None:
-            self._gather = self.reactor.callLater(self.maxDelay, self._gathered)
-
-    def _gathered(self) -> None:
-        self._gather = None
-        self._flush()
-
-    def _flush(self) -> None:
-        """
-        Hand the next batch (up to C{maxBatch} readings, oldest first) to the
-        writer thread, if it is free and the store is open.
-        """
-        if self._busy or self._store is None or self._queued == 0 or self._threads is None:
-            return
-        if self._gather is not None:
-            self._gather.cancel()
-            self._gather = None
-        batch: List[Reading] = []
-        segments: List[Tuple[_Call, int, int, int]] = []
-        room = self.maxBatch
-        queue = self._queue
-        while queue and room:
-            call = queue[0]
-            if call.done:
-                queue.popleft()
-                continue
-            start = call.taken
-            take = min(len(call.readings) - start, room)
-            segments.append((call, start, len(batch), take))
-            if start == 0 and take == len(call.readings):
-                batch.extend(call.readings)
-            else:
-                batch.extend(call.readings[start : start + take])
-            call.taken += take
-            call.inFlight += take
-            room -= take
-            if call.taken == len(call.readings):
-                queue.popleft()
-        self._queued -= len(batch)
-        self._inFlight = len(batch)
-        self._inFlightSegments = segments
-        self._busy = True
-        self._threads.run(_writeBatch, self._store, batch).addBoth(self._batchDone, batch, segments)
-
-    def _batchDone(self, outcome: Any, batch: List[Reading], segments: List[Tuple[_Call, int, int, int]]) -> None:
-        self._busy = False
-        self._inFlight = 0
-        self._inFlightSegments = []
-        if isinstance(outcome, Failure):
-            # The thread machinery itself failed: nothing is known stored.
-            failure = outcome
-            outcome = _Outcome()
-            outcome.failed = [(0, len(batch))]
-            outcome.error = StoreUnavailable("store writer failed")
-            outcome.unexpected = failure
-        metrics = self.metrics
-        if outcome.stored or outcome.duplicates:
-            metrics.readingsStored.inc(outcome.stored)
-            metrics.readingsDuplicate.inc(outcome.duplicates)
-            metrics.batchSize.observe(len(batch))
-            metrics.commitSeconds.observe(outcome.seconds)
-        error = outcome.error
-        if error is not None:
-            metrics.commitFailures.inc()
-            lost = sum(end - start for start, end in outcome.failed)
-            if outcome.unexpected is not None:
-                self._log.failure(
-                    "Store write failed: {lost} readings not stored, none of them acknowledged",
-                    outcome.unexpected, lost=lost,
-                )
-            else:
-                self._log.warn(
-                    "Store write failed: {lost} readings not stored, none of them acknowledged: {error}",
-                    lost=lost, error=str(error),
-                )
-            # The thread has closed the store; reopen before the next batch.
-            self._store = None
-            delay = self._backoff
-            self._backoff = min(self._backoff * 2, self.maxBackoff)
-            if not self._finished:
-                self._retry = self.reactor.callLater(delay, self._tryOpen)
-        rejected = outcome.rejected
-        if rejected:
-            self._log.warn(
-                "Store refused {n} readings for good (reported to their senders), e.g. {example}",
-                n=len(rejected), example=next(iter(rejected.values())),
-            )
-        failed = outcome.failed
-        # Published before the acknowledgements go out, so that a sender
-        # never sees its reading acknowledged before watchers see it stored.
-        if self.feed is not None and outcome.stored:
-            if outcome.stored == len(batch):
-                self.feed.publish(batch)
-            else:
-                left = set(outcome.duplicateIndexes)
-                left.update(rejected)
-                for s, e in failed:
-                    left.update(range(s, e))
-                self.feed.publish([r for i, r in enumerate(batch) if i not in left])
-        self._backlogChanged()
-        for call, start, batchStart, take in segments:
-            call.inFlight -= take
-            if call.done:
-                continue
-            batchEnd = batchStart + take
-            if failed and any(s < batchEnd and batchStart < e for s, e in failed):
-                self._fail(call, f"not stored, the store failed: {error}")
-                continue
-            if rejected:
-                for index, reason in rejected.items():
-                    if batchStart <= index < batchEnd:
-                        call.rejected[start + index - batchStart] = reason
-            if call.taken == len(call.readings) and call.inFlight == 0:
-                call.done = True
-                call.deferred.callback(call.rejected)
-        self._backlogChanged()
-        self._flush()
-        self._checkDrained()
-
-    def _fail(self, call: _Call, why: str) -> None:
-        """
-        Give up on C{call}: drop its readings not yet taken and fail its
-        Deferred.
-        """
-        call.done = True
-        untaken = len(call.readings) - call.taken
-        if untaken:
-            self._queued -= untaken
-            call.taken = len(call.readings)
-        call.deferred.errback(StoreUnavailable(why))
-
-    # -- backpressure ---------------------------------------------------------
-
-    def _backlogChanged(self) -> None:
-        backlog = self._queued + self._inFlight
-        self.metrics.writerBacklog.set(backlog)
-        if not self.overloaded and backlog > self.highWater:
-            self.overloaded = True
-            self._log.warn("Store writer backlog {n} over {high}: asking for backpressure", n=backlog, high=self.highWater)
-            self._tell("writerOverloaded")
-        elif self.overloaded and backlog < self.lowWater:
-            self.overloaded = False
-            self._log.info("Store writer backlog {n} under {low}: pressure off", n=backlog, low=self.lowWater)
-            self._tell("writerRecovered")
-
-    def _tell(self, method: str) -> None:
-        for observer in list(self._observers):
-            try:
-                getattr(observer, method)()
-            except Exception:
-                self._log.failure("Pressure observer {observer!r} failed", observer=observer)
-
-    # -- stopping -------------------------------------------------------------
-
-    def _checkDrained(self) -> None:
-        if self._stopping is not None and not self._finished and not self._busy and self.backlog == 0:
-            self._finish(gaveUp=False)
-
-    def _giveUp(self) -> None:
-        self._deadline = None
-        if self._finished:
-            return
-        waiting = sum(len(call.readings) - call.taken for call in self._queue if not call.done) + self._inFlight
-        self._log.error(
-            "Store writer stopping after {timeout}s without storing {n} readings (none acknowledged)",
-            timeout=self.stopTimeout, n=waiting,
-        )
-        calls = [call for call in self._queue if not call.done]
-        self._queue.clear()
-        for call in calls:
-            self._fail(call, "not stored: the server is stopping and the store is unavailable")
-        # Calls with readings in the transaction in flight (and nothing
-        # queued) are no longer in the queue: fail them too. If that
-        # transaction still commits, the readings are stored but not
-        # acknowledged, which resending makes harmless.
-        for call, _start, _batchStart, _take in self._inFlightSegments:
-            if not call.done:
-                self._fail(call, "not stored: the server is stopping and the store is unavailable")
-        self._finish(gaveUp=True)
-
-    def _finish(self, gaveUp: bool) -> None:
-        self._finished = True
-        for delayed in (self._deadline, self._retry, self._gather):
-            if delayed is not None and delayed.active():
-                delayed.cancel()
-        self._deadline = self._retry = self._gather = None
-        self._backlogChanged()
-        threads = self._threads
-        store, self._store = self._store, None
-        stopping = self._stopping
-        assert threads is not None and stopping is not None
-        closed = threads.run(store.close) if store is not None else succeed(None)
-        threads.stop()
-        waiting, self._whenOpen = self._whenOpen, []
-        for d in waiting:
-            d.errback(StoreUnavailable("the store writer stopped before the store could be opened"))
-        if gaveUp:
-            # The thread may be stuck in the database; do not wait for it.
-            stopping.callback(None)
-        else:
-            closed.addBoth(lambda _: stopping.callback(None))
-
+        result: Deferred[None] = self._core.dispatch(self._machine.stop)
+        return result

@@ -1,7 +1,9 @@
 """
-The BatchWriter with the real reactor, against SQLite and a real PostgreSQL,
-with real failures: PostgreSQL stopped and started, SQLite's disk full
-(C{PRAGMA max_page_count}), readings the schema refuses.
+The BatchWriter with the real reactor, its real thread, against SQLite and a
+real PostgreSQL, with real failures: PostgreSQL stopped and started, SQLite's
+disk full (C{PRAGMA max_page_count}), readings the schema refuses. These are
+integration tests; L{tests/test_writer_machine.py} drives the same writer's
+lifecycle on fake time, with no thread.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sensornet.reading import Reading
 from sensornet.store import StoreUnavailable, openStore, storeFromURL
 from sensornet.store.sqlite import SQLiteStore
 from sensornet.writer import BatchWriter
+from test_writer_machine import PressureRecorder
 
 T0 = 1_718_100_000.0
 TIMEOUT = 20
@@ -74,7 +77,7 @@ def startWriter(writer: BatchWriter, reactor):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_groupCommitAndAckAfterCommit(store_url, reactor):
+def test_group_commit_acknowledges_after_commit(store_url, reactor):
     """
     Many submissions made together go out in few transactions, and each
     submission's Deferred fires only when its readings are in the database.
@@ -96,14 +99,14 @@ def test_groupCommitAndAckAfterCommit(store_url, reactor):
     assert checked == [True] * 100
     assert sum(writes) == 1000
     assert len(writes) <= 10
-    assert metrics.readingsStored._value.get() == 1000
+    assert metrics.registry.get_sample_value("sensornet_readings_stored_total") == 1000
     assert writer.backlog == 0
     yield writer.stopService()
 
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_duplicatesAcknowledgedAndOnlyNewPublished(store_url, reactor):
+def test_duplicates_acknowledged_and_only_new_readings_published(store_url, reactor):
     """
     Resent readings are acknowledged (counted as duplicates) and the live
     feed gets only the newly stored ones.
@@ -119,14 +122,14 @@ def test_duplicatesAcknowledgedAndOnlyNewPublished(store_url, reactor):
     again = [make("a", n) for n in range(3, 8)] + [make("a", None)]
     assert (yield wait(writer.submit(again), reactor)) == {}
     assert published == first + again[2:]
-    assert metrics.readingsDuplicate._value.get() == 2
+    assert metrics.registry.get_sample_value("sensornet_readings_duplicate_total") == 2
     assert sorted(stored(store_url), key=repr) == sorted([("a", n) for n in range(8)] + [("a", None)], key=repr)
     yield writer.stopService()
 
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_rejectedReadingIsolatedRestCommits(store_url, reactor):
+def test_rejected_reading_isolated_the_rest_committed(store_url, reactor):
     """
     Readings the schema refuses (forced past the parser by building them
     directly) are reported by index to their own submission; every other
@@ -148,20 +151,9 @@ def test_rejectedReadingIsolatedRestCommits(store_url, reactor):
     yield writer.stopService()
 
 
-class Observer:
-    def __init__(self) -> None:
-        self.events: List[str] = []
-
-    def writerOverloaded(self) -> None:
-        self.events.append("overloaded")
-
-    def writerRecovered(self) -> None:
-        self.events.append("recovered")
-
-
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_backpressureCrossings(tmp_path, reactor):
+def test_backpressure_observers_told_at_crossings(tmp_path, reactor):
     """
     A slow store makes the backlog cross the high-water mark (observers told
     once), and draining it below the low-water mark tells them once more.
@@ -170,7 +162,7 @@ def test_backpressureCrossings(tmp_path, reactor):
     writes: List[int] = []
     writer = BatchWriter(url, reactor, ServerMetrics(), maxBatch=20, highWater=50, lowWater=10,
                          storeFactory=lambda u: CountingStore(storeFromURL(u), writes, delay=0.05))
-    observer = Observer()
+    observer = PressureRecorder()
     writer.addPressureObserver(observer)
     yield startWriter(writer, reactor)
     ds = [writer.submit([make("s", i * 10 + n) for n in range(10)]) for i in range(5)]
@@ -186,7 +178,7 @@ def test_backpressureCrossings(tmp_path, reactor):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_stopServiceFlushesEverythingQueued(store_url, reactor):
+def test_stop_service_commits_everything_queued(store_url, reactor):
     """
     Stopping commits what is queued (without waiting for the gather delay)
     and fires every pending Deferred before it finishes.
@@ -205,7 +197,7 @@ def test_stopServiceFlushesEverythingQueued(store_url, reactor):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_stopDuringOutageIsBounded(tmp_path, reactor):
+def test_stop_during_outage_is_bounded(tmp_path, reactor):
     """
     When the store cannot be opened, stopping gives up after stopTimeout and
     fails the pending Deferreds with StoreUnavailable.
@@ -219,6 +211,25 @@ def test_stopDuringOutageIsBounded(tmp_path, reactor):
     assert time.monotonic() - started < 3
     error = yield d.addErrback(lambda f: f.value)
     assert isinstance(error, StoreUnavailable)
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.inlineCallbacks
+def test_stop_then_start_writes_again(store_url, reactor):
+    """
+    A writer stopped and started again (with a new thread) stores readings
+    again, and stopping it twice is harmless.
+    """
+    writer = BatchWriter(store_url, reactor, ServerMetrics())
+    yield startWriter(writer, reactor)
+    assert (yield wait(writer.submit([make("a", 1)]), reactor)) == {}
+    yield wait(writer.stopService(), reactor)
+    yield wait(writer.stopService(), reactor)
+    writer.startService()
+    assert (yield wait(writer.submit([make("a", 2)]), reactor)) == {}
+    stopping = [writer.stopService(), writer.stopService()]
+    yield wait(defer.gatherResults(stopping), reactor)
+    assert sorted(stored(store_url)) == [("a", 1), ("a", 2)]
 
 
 class FillableSQLiteStore(SQLiteStore):
@@ -242,7 +253,7 @@ class FillableSQLiteStore(SQLiteStore):
 
 @pytest.mark.timeout(60)
 @pytest_twisted.inlineCallbacks
-def test_sqliteDiskFullAcknowledgesNothingThenRecovers(tmp_path, reactor):
+def test_sqlite_disk_full_acknowledges_nothing_then_recovers(tmp_path, reactor):
     """
     Disk full: the submission fails with StoreUnavailable, nothing of it is
     stored, the failure is counted; once space is back, the writer has
@@ -259,7 +270,7 @@ def test_sqliteDiskFullAcknowledgesNothingThenRecovers(tmp_path, reactor):
     error = yield wait(writer.submit(big), reactor).addErrback(lambda f: f.value)
     assert isinstance(error, StoreUnavailable), error
     assert len(stored(url)) == 10
-    assert metrics.commitFailures._value.get() == 1
+    assert metrics.registry.get_sample_value("sensornet_commit_failures_total") == 1
     FillableSQLiteStore.full[0] = False
     result = yield wait(writer.submit(big), reactor)
     assert result == {}
@@ -270,7 +281,7 @@ def test_sqliteDiskFullAcknowledgesNothingThenRecovers(tmp_path, reactor):
 
 @pytest.mark.timeout(90)
 @pytest_twisted.inlineCallbacks
-def test_postgresqlRestartedUnderLoad(postgresql_server, postgresql_db, reactor):
+def test_postgresql_restarted_under_load(postgresql_server, postgresql_db, reactor):
     """
     PostgreSQL stopped while readings stream, then started again: every
     acknowledged reading is stored, the writer reconnects by itself, and
@@ -311,7 +322,7 @@ def test_postgresqlRestartedUnderLoad(postgresql_server, postgresql_db, reactor)
     yield stream(10)
     yield wait(defer.gatherResults(pending), reactor, 60)
     assert unacked, "the outage should have failed some submissions"
-    assert metrics.commitFailures._value.get() >= 1
+    assert metrics.registry.get_sample_value("sensornet_commit_failures_total") >= 1
     rows = stored(postgresql_db)
     assert len(rows) == len(set(rows))
     assert {(r.sensor, r.seq) for r in acked} <= set(rows)

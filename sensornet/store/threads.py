@@ -15,26 +15,37 @@ import queue
 import threading
 from typing import Any, Callable, List, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..interfaces import IBlockingRunner
 
 __all__ = ["WorkerThreads"]
 
 _STOP = object()
 
 
+@implementer(IBlockingRunner)
 class WorkerThreads:
     """
     C{count} daemon threads taking blocking calls from one queue, first
     come first served; each call's result or failure fires its L{Deferred}
-    on the reactor thread.
+    on the reactor thread. With C{count=1}, calls run one at a time in the
+    order given.
 
+    @param reactor: What the threads report back through.
     @param onExit: Called in each thread just before it exits (to close that
         thread's database connection); its exceptions are ignored.
     """
 
     def __init__(
-        self, reactor: Any, count: int = 1, name: str = "sensornet-store", onExit: Optional[Callable[[], None]] = None
+        self,
+        reactor: IReactorFromThreads,
+        count: int = 1,
+        name: str = "sensornet-store",
+        onExit: Optional[Callable[[], None]] = None,
     ) -> None:
         if count < 1:
             raise ValueError("need at least one thread")
@@ -73,13 +84,11 @@ class WorkerThreads:
     def stop(self) -> Deferred[Any]:
         """
         Ask every thread to exit once the calls queued before this one are
-        done.
+        done. Calls given after this one never run.
 
         @return: A L{Deferred} that fires once all threads have exited (it
             may never fire if a call never returns: add a timeout).
         """
-        from twisted.internet.defer import gatherResults
-
         for _ in self._threads:
             self._queue.put(_STOP)
         return gatherResults(self._exited)
