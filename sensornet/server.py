@@ -7,25 +7,34 @@ unreachable: readings queue meanwhile), then the sensor listeners, then HTTP.
 
 Stop (SIGTERM): stop accepting; stop reading from every connection; commit
 what is held and send its acknowledgements; close the connections once their
-replies are written; close the store. Nothing acknowledged is lost, and
-nothing received before the stop goes unanswered.
+replies are written, aborting those still open after C{closeTimeout}; then
+the HTTP side: stop accepting, end every live stream, close every HTTP
+connection (aborting the same way); close the store. Nothing acknowledged is
+lost, nothing received before the stop goes unanswered, and a stopped server
+leaves no connection open and no timer pending.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, Generator, List, Optional
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 
 from .feed import LiveFeed
+from .interfaces import IStoreQueries
+from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
-from .protocol import ImmediateSink, SensorServerFactory
+from .protocol import ImmediateSink, SensorProtocol, SensorServerFactory
 from .store import DEFAULT_STORE, redactURL
+
+if TYPE_CHECKING:
+    from .web import WebSite
+    from .writer import BatchWriter
 
 __all__ = ["ServerConfig", "SensorServerService", "DEFAULT_LISTEN", "DEFAULT_HTTP", "DEFAULT_STORE"]
 
@@ -49,7 +58,8 @@ class ServerConfig:
     @ivar maxBatch: Most readings in one committed batch.
     @ivar maxDelay: Seconds a batch may wait to gather more readings.
     @ivar closeTimeout: Seconds a stopping server waits for connections to
-        take their last replies before it drops them.
+        take their last replies before it aborts them (sensor connections,
+        then HTTP connections: each group gets this long).
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -65,19 +75,30 @@ class SensorServerService(MultiService):
     """
     A whole server. C{factory} is the sensors' protocol factory, C{feed} the
     live feed of committed readings, C{metrics} its metrics, C{writer} the
-    store writer (L{None} with C{store="none"}).
+    store writer (L{None} with C{store="none"}), C{listeners} the services
+    listening for sensors, C{web} the one listening for HTTP (L{None}
+    without C{http}).
     """
 
     _log = Logger()
 
-    def __init__(self, config: ServerConfig, reactor: Any) -> None:
+    def __init__(self, config: ServerConfig, reactor: IReactorTime) -> None:
+        """
+        @param reactor: The reactor the server runs on: its clock, and
+            whatever the endpoint strings need (L{IReactorTCP} for C{tcp:},
+            L{IReactorSSL} for C{ssl:}, ...) and the store's threads
+            (L{IReactorFromThreads}).
+        """
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.metrics = ServerMetrics()
         self.feed = LiveFeed()
-        self.writer: Any = None
-        self.queries: Any = None
+        self.writer: Optional[BatchWriter] = None
+        self.queries: Optional[IStoreQueries] = None
+        self.web: Optional[ListeningService] = None
+        self.site: Optional[WebSite] = None
+        self._webConnections: Optional[OpenConnections] = None
         sink: Any
         if config.store == "none":
             sink = ImmediateSink()
@@ -97,10 +118,9 @@ class SensorServerService(MultiService):
         self.factory = SensorServerFactory(sink, reactor, self.metrics, config.logReadings)
         if self.writer is not None:
             self.writer.addPressureObserver(self.factory)
-        self.listeners: List[StreamServerEndpointService] = []
+        self.listeners: List[ListeningService] = []
         for description in config.listen:
-            listener = StreamServerEndpointService(serverFromString(reactor, description), self.factory)
-            listener._raiseSynchronously = True
+            listener = ListeningService(serverFromString(reactor, description), self.factory)
             listener.setServiceParent(self)
             self.listeners.append(listener)
         if config.http is not None:
@@ -112,24 +132,39 @@ class SensorServerService(MultiService):
         if self.writer is not None:
             from .store.queries import StoreQueries
 
-            self.queries = StoreQueries(self.config.store, self.reactor)
-            self.queries.setServiceParent(self)
-        site = makeSite(self.queries, self.feed, self.metrics, self.factory.connectedSensors, self.reactor)
-        web = StreamServerEndpointService(serverFromString(self.reactor, description), site)
-        web._raiseSynchronously = True
-        web.setServiceParent(self)
-        self.web = web
+            queries = StoreQueries(self.config.store, self.reactor)
+            queries.setServiceParent(self)
+            self.queries = queries
+        self.site = makeSite(self.queries, self.feed, self.metrics, self.factory.connectedSensors, self.reactor)
+        self._webConnections = OpenConnections(self.site)
+        self.web = ListeningService(serverFromString(self.reactor, description), self._webConnections)
+        self.web.setServiceParent(self)
 
-    def whenListening(self) -> "defer.Deferred[List[Any]]":
+    def whenListening(self) -> "defer.Deferred[List[IListeningPort]]":
         """
-        Fires with the sensors' listening ports (L{IListeningPort}) once all
-        are bound: how tests and embedders learn the port of C{tcp:0}.
+        Fires with the sensors' listening ports (L{IListeningPort}), in the
+        order of C{config.listen}, once all are bound: how tests and
+        embedders learn the port of C{tcp:0}.
         """
-        # StreamServerEndpointService keeps the pending listen() as
-        # _waitingForPort; it is set once the service has started.
-        return defer.gatherResults([listener._waitingForPort for listener in self.listeners])
+        return defer.gatherResults([listener.whenListening() for listener in self.listeners])
+
+    def whenWebListening(self) -> "defer.Deferred[IListeningPort]":
+        """
+        Fires with the HTTP side's listening port once bound.
+
+        @raise RuntimeError: The server has no HTTP side (C{http=None}).
+        """
+        if self.web is None:
+            raise RuntimeError("this server has no HTTP side (config.http is None)")
+        return self.web.whenListening()
 
     def startService(self) -> None:
+        """
+        Start the writer, the listeners, then the HTTP side.
+
+        @raise Exception: A listener could not listen (such as
+            L{twisted.internet.error.CannotListenError} for a port in use).
+        """
         _raiseFileLimit()
         super().startService()
         self._log.info(
@@ -140,7 +175,7 @@ class SensorServerService(MultiService):
         )
 
     @defer.inlineCallbacks
-    def stopService(self) -> Any:
+    def stopService(self) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Stop in the order that loses nothing; see the module docstring.
         """
@@ -154,18 +189,55 @@ class SensorServerService(MultiService):
             # Commits what is queued; acknowledgements are written as their
             # batches commit.
             yield self.writer.stopService()
-        closed = []
-        for protocol in protocols:
-            if not protocol.closed:
-                closed.append(protocol.whenClosed())
-                protocol.closeWhenAnswered()
-        if closed:
-            timeout = defer.DeferredList(closed)
-            timeout.addTimeout(self.config.closeTimeout, self.reactor)
-            yield timeout.addErrback(lambda _: None)
+        yield self._closeSensorConnections(protocols)
+        if self.web is not None:
+            yield self._stopWeb()
         rest = [service for service in reversed(list(self)) if service.running]
         yield defer.DeferredList([defer.maybeDeferred(service.stopService) for service in rest])
         self._log.info("sensornet server stopped")
+
+    @defer.inlineCallbacks
+    def _closeSensorConnections(self, protocols: List[SensorProtocol]) -> Generator["defer.Deferred[Any]", Any, None]:
+        """
+        Close each connection once its replies are written; abort those still
+        open after C{closeTimeout} (a sensor that does not read its replies
+        would otherwise hold its connection, and our memory, forever).
+        """
+        closing = [protocol for protocol in protocols if not protocol.closed]
+        for protocol in closing:
+            protocol.closeWhenAnswered()
+        yield self._allClosed(closing)
+        stuck = [protocol for protocol in closing if not protocol.closed]
+        if stuck:
+            self._log.warn(
+                "Aborting {count} sensor connection(s) still open {timeout} s after the stop",
+                count=len(stuck),
+                timeout=self.config.closeTimeout,
+            )
+            for protocol in stuck:
+                protocol.transport.abortConnection()
+            yield self._allClosed(stuck)
+
+    def _allClosed(self, protocols: List[SensorProtocol]) -> "defer.Deferred[Any]":
+        """
+        Fires once every one of C{protocols} is closed, or after
+        C{closeTimeout} seconds, whichever comes first; never fails.
+        """
+        closed = defer.DeferredList([protocol.whenClosed() for protocol in protocols], consumeErrors=True)
+        closed.addTimeout(self.config.closeTimeout, self.reactor)
+        return closed.addErrback(lambda _: None)
+
+    @defer.inlineCallbacks
+    def _stopWeb(self) -> Generator["defer.Deferred[Any]", Any, None]:
+        """
+        Stop accepting HTTP connections, end every live stream (which stops
+        its heartbeat), then close every HTTP connection, aborting those
+        still open after C{closeTimeout}.
+        """
+        assert self.web is not None and self.site is not None and self._webConnections is not None
+        yield self.web.stopService()
+        self.site.stream.closeAll()
+        yield self._webConnections.closeAll(self.config.closeTimeout, self.reactor)
 
 
 def _raiseFileLimit() -> None:

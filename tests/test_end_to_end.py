@@ -145,7 +145,7 @@ def test_500_concurrent_connections_served_by_one_reactor(reactor):
         protocols = yield defer.gatherResults(connecting).addTimeout(TIMEOUT, reactor)
         acks = yield defer.gatherResults([p.acked for p in protocols]).addTimeout(TIMEOUT, reactor)
         assert acks == [b"ack %d" % i for i in range(500)]
-        assert server.metrics.connectionsOpen._value.get() == 500
+        assert server.metrics.registry.get_sample_value("sensornet_connections_open") == 500
         assert len(server.factory.connectedSensors()) == 500
     finally:
         for p in protocols:
@@ -209,7 +209,7 @@ def test_client_metrics_endpoint_counts_what_the_sensors_did(reactor):
     web = service.metricsListener
     sensors = service.sensors
     try:
-        webPort = yield web._waitingForPort
+        webPort = yield service.whenMetricsListening()
         yield waitFor(reactor, lambda: all(s.connections for s in sensors))
         yield task.deferLater(reactor, 0.3, lambda: None)
         for s in sensors:
@@ -298,7 +298,8 @@ def test_sensor_over_tls_with_endpoint_strings(reactor, tmp_path):
         yield waitFor(reactor, lambda: sensor.produced >= 5 and sensor.connections)
         sensor.loop.stop()
         yield waitFor(reactor, lambda: not len(sensor.outbox))
-        assert server.factory.metrics.readingsReceived.labels("native")._value.get() >= 5
+        received = server.metrics.registry.get_sample_value("sensornet_readings_received_total", {"dialect": "native"})
+        assert received >= 5
         assert sensor.protocol.transport.getPeerCertificate() is not None
     finally:
         yield sensor.stopService()

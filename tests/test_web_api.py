@@ -25,10 +25,14 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.client import Agent, HTTPConnectionPool
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from sensornet.feed import LiveFeed
+from sensornet.interfaces import IStoreQueries
 from sensornet.metrics import ServerMetrics
 from sensornet.reading import Reading
+from sensornet.store.queries import StoreQueries
 from sensornet.web import makeResource, makeSite, staticDirectory
 from sensornet.web.encoding import CSV_COLUMNS
 from sensornet.web.testing import WebHarness
@@ -276,6 +280,7 @@ async def test_health_and_readiness(harness, reactor):
     assert body["status"] == "ready"
 
 
+@implementer(IStoreQueries)
 class _FailingQueries:
     def __init__(self, ping: Any) -> None:
         self._ping = ping
@@ -286,8 +291,17 @@ class _FailingQueries:
     def sensors(self) -> defer.Deferred:
         return defer.fail(RuntimeError("database is locked"))
 
-    def readings(self, **kw: Any) -> defer.Deferred:
+    def readings(self, sensor=None, kind=None, since=None, until=None, limit=1000, cursor=None) -> defer.Deferred:
         return defer.fail(RuntimeError("database is locked"))
+
+
+def test_query_sides_provide_the_interface_the_web_layer_uses(tmp_path: Path, reactor: Any):
+    """
+    The store's query side and this module's failing stand-in both provide
+    L{IStoreQueries}, what the resources are given.
+    """
+    verifyObject(IStoreQueries, StoreQueries(f"sqlite:{tmp_path / 'unopened.sqlite3'}", reactor))
+    verifyObject(IStoreQueries, _FailingQueries(lambda: defer.succeed(True)))
 
 
 def _stub(queries: Any) -> StubTreq:
@@ -472,7 +486,7 @@ def _streamOverStringTransport(**settings: Any) -> Tuple[Any, LiveFeed, ServerMe
     feed = LiveFeed()
     metrics = ServerMetrics()
     site = makeSite(None, feed, metrics, lambda: (), clock)
-    stream = site.resource.children[b"api"].children[b"stream"]
+    stream = site.stream
     for name, value in settings.items():
         setattr(stream, name, value)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9999))
@@ -497,6 +511,30 @@ def test_stream_sends_heartbeats_and_stops_them_when_the_client_leaves():
     assert len(feed) == 1 and clock.getDelayedCalls()
     channel.connectionLost(Exception("gone"))
     assert len(feed) == 0 and len(stream.clients) == 0
+    assert not clock.getDelayedCalls()
+
+
+def test_close_all_ends_every_stream_and_its_heartbeat():
+    """
+    What a stopping server does to the live stream: each open response is
+    finished (the chunked body's last chunk is sent), its client forgotten
+    and unsubscribed, and the heartbeat timer cancelled.
+    """
+    stream, feed, metrics, transport, clock, channel = _streamOverStringTransport()
+    heartbeat = set(clock.getDelayedCalls())
+    assert heartbeat and len(feed) == 1
+    transport.clear()
+    stream.closeAll()
+    assert transport.value().endswith(b"0\r\n\r\n")
+    assert not stream.clients and len(feed) == 0
+    assert metrics.registry.get_sample_value("sensornet_stream_clients") == 0.0
+    assert not heartbeat & set(clock.getDelayedCalls()), "the heartbeat is cancelled"
+    clock.advance(stream.heartbeatInterval * 2)
+    assert b"heartbeat" not in transport.value()
+    stream.closeAll()
+    # The connection itself is the server's to close (the finished response
+    # restarted its idle timer).
+    channel.connectionLost(Exception("closed by the server"))
     assert not clock.getDelayedCalls()
 
 

@@ -129,7 +129,7 @@ async def test_server_metrics_count_the_lines_a_sensor_sent(tmp_path: Path, reac
     sensor: Optional[_LineCollector] = None
     try:
         (listening,) = await within(server.whenListening(), reactor)
-        httpPort = await within(server.web._waitingForPort, reactor)
+        httpPort = await within(server.whenWebListening(), reactor)
         base = f"http://127.0.0.1:{httpPort.getHost().port}"
         sensor = await within(
             connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port), _LineCollector()),

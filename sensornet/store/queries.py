@@ -17,21 +17,34 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from zope.interface import implementer
 
+from ..interfaces import IStoreQueries
 from .base import Store, StoreUnavailable, parseStoreURL
 from .threads import WorkerThreads
 
-__all__ = ["StoreQueries", "MAX_LIMIT", "encodeCursor", "decodeCursor"]
+__all__ = ["StoreQueries", "MAX_LIMIT", "EARLIEST_TIME", "LATEST_TIME", "encodeCursor", "decodeCursor"]
 
-#: The most readings one page returns, whatever the caller asks for.
+#: The most readings one page returns, whatever the caller asks for (the
+#: HTTP API refuses a larger C{limit}).
 MAX_LIMIT = 10_000
+
+#: The earliest and latest times, in seconds since the epoch, a query takes
+#: (C{since}, C{until}, a cursor's position): those ISO 8601 can write, years
+#: 1 to 9999. Both backends compare them without overflowing; PostgreSQL
+#: would refuse a time far beyond, SQLite an integer beyond 64 bits.
+EARLIEST_TIME = -62_135_596_800.0
+LATEST_TIME = 253_402_300_799.999_999
+
+#: The largest row id (SQLite and PostgreSQL ids are signed 64-bit).
+_MAX_ROW_ID = 2**63 - 1
 
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 
@@ -50,7 +63,9 @@ def decodeCursor(cursor: str) -> Tuple[Any, int]:
     """
     The position a cursor from L{encodeCursor} stands for.
 
-    @raise ValueError: C{cursor} is not one.
+    @raise ValueError: C{cursor} is not one, or names a position no row can
+        have (a time outside L{EARLIEST_TIME}..L{LATEST_TIME}, a row id
+        outside 0..2**63-1).
     """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
@@ -60,28 +75,37 @@ def decodeCursor(cursor: str) -> Tuple[Any, int]:
         rowId = int(rowText)
     except (ValueError, UnicodeError, binascii.Error, AttributeError):
         raise ValueError(f"invalid cursor: {cursor!r}") from None
-    if isinstance(timeKey, float) and not math.isfinite(timeKey) or rowId < 0 or not _INTEGER.fullmatch(rowText):
+    # An integer time is PostgreSQL's, in microseconds; a float is seconds.
+    seconds = timeKey / 1_000_000 if isinstance(timeKey, int) else timeKey
+    if (
+        not _INTEGER.fullmatch(rowText)
+        or not 0 <= rowId <= _MAX_ROW_ID
+        or not EARLIEST_TIME <= seconds <= LATEST_TIME
+    ):
         raise ValueError(f"invalid cursor: {cursor!r}")
     return timeKey, rowId
 
 
-def _optionalFloat(name: str, value: Any) -> Optional[float]:
+def _optionalTime(name: str, value: Any) -> Optional[float]:
     if value is None:
         return None
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number of seconds since the epoch, not {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite")
+    if not EARLIEST_TIME <= number <= LATEST_TIME:
+        raise ValueError(f"{name} must be a time between the years 1 and 9999, not {value!r}")
     return number
 
 
+@implementer(IStoreQueries)
 class StoreQueries(Service):
     """
     Asynchronous read queries over a store, for the HTTP API.
 
     @param storeURL: The store to read (the server's C{--store}).
+    @param reactor: Bounds the wait for the threads to stop; it must also
+        provide L{IReactorFromThreads}: the threads report back through it.
     @param poolSize: Threads, hence database connections.
     @param storeFactory: Makes an unopened store from the URL (tests).
 
@@ -91,7 +115,7 @@ class StoreQueries(Service):
     def __init__(
         self,
         storeURL: str,
-        reactor: Any,
+        reactor: IReactorTime,
         poolSize: int = 2,
         storeFactory: Optional[Callable[[str], Store]] = None,
     ) -> None:
@@ -109,7 +133,9 @@ class StoreQueries(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._threads = WorkerThreads(self.reactor, self.poolSize, "sensornet-queries", onExit=self._closeLocal)
+        self._threads = WorkerThreads(
+            IReactorFromThreads(self.reactor), self.poolSize, "sensornet-queries", onExit=self._closeLocal
+        )
         self._threads.start()
 
     def stopService(self) -> Deferred[None]:
@@ -191,6 +217,8 @@ class StoreQueries(Service):
         One page of readings with C{since <= ts < until}, optionally of one
         sensor and/or kind, in (C{ts}, C{id}) order.
 
+        @param since: Seconds since the epoch, from L{EARLIEST_TIME} to
+            L{LATEST_TIME}; so is C{until}.
         @param limit: Readings per page, at least 1; more than L{MAX_LIMIT}
             is capped to it.
         @param cursor: The C{next} of the previous page, to continue it.
@@ -211,8 +239,8 @@ class StoreQueries(Service):
             filters = {
                 "sensor": sensor,
                 "kind": kind,
-                "since": _optionalFloat("since", since),
-                "until": _optionalFloat("until", until),
+                "since": _optionalTime("since", since),
+                "until": _optionalTime("until", until),
                 "after": after,
             }
         except (TypeError, ValueError) as e:

@@ -6,6 +6,6 @@ The server builds it with L{makeSite} (or L{makeResource} to mount the tree
 elsewhere) and listens with it on its C{--http} endpoint, in its own reactor.
 """
 
-from .resource import makeResource, makeSite, staticDirectory
+from .resource import WebSite, makeResource, makeSite, staticDirectory
 
-__all__ = ["makeResource", "makeSite", "staticDirectory"]
+__all__ = ["WebSite", "makeResource", "makeSite", "staticDirectory"]

@@ -15,11 +15,13 @@ from urllib.parse import urlencode
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ..interfaces import IStoreQueries
 from .encoding import jsonBytes, readingFromRow, readingsCSV, sensorFromRow
 from .params import ParameterError, ReadingsQuery, parseReadingsQuery, wantsCSV
 
@@ -67,7 +69,8 @@ def _send(request: Request, answer: Answer) -> None:
 def _deliver(request: Request, answer: "Deferred[Answer]", what: str) -> object:
     """
     Write C{answer} to C{request} when it fires, unless the client has gone
-    by then; a failure is logged and answered with 500.
+    by then. A store that cannot be read is answered with 503; any other
+    failure is a bug here: logged with its traceback and answered with 500.
 
     @return: L{NOT_DONE_YET}, for C{render_GET} to return.
     """
@@ -112,7 +115,9 @@ class SensorsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, queries: Any, connectedSensors: Callable[[], Collection[str]], clock: Any) -> None:
+    def __init__(
+        self, queries: IStoreQueries, connectedSensors: Callable[[], Collection[str]], clock: IReactorTime
+    ) -> None:
         super().__init__()
         self._queries = queries
         self._connectedSensors = connectedSensors
@@ -141,7 +146,7 @@ class ReadingsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, queries: Any) -> None:
+    def __init__(self, queries: IStoreQueries) -> None:
         super().__init__()
         self._queries = queries
 
@@ -162,8 +167,15 @@ class ReadingsResource(Resource):
             cursor=query.cursor,
         )
 
-        def badCursor(failure: Failure) -> Answer:
-            failure.trap(ValueError)
+        def refused(failure: Failure) -> Answer:
+            from ..store import StoreRejected
+
+            failure.trap(ValueError, StoreRejected)
+            if failure.check(StoreRejected):
+                # The parameters passed our checks but not the database's
+                # (a value out of its range): still the request's fault.
+                _log.warn("the store refused a readings query: {why}", why=failure.getErrorMessage())
+                return _errorAnswer(400, f"the store refused the query: {failure.getErrorMessage()}")
             if query.cursor is not None:
                 return _errorAnswer(400, f"cursor is not valid: {failure.value}", "cursor")
             return _errorAnswer(400, str(failure.value))
@@ -171,7 +183,7 @@ class ReadingsResource(Resource):
         def answer(page: Dict[str, Any]) -> Answer:
             return self._answer(request, query, page, csv)
 
-        d.addCallbacks(answer, badCursor)
+        d.addCallbacks(answer, refused)
         return _deliver(request, d, "reading readings")
 
     def _answer(self, request: Request, query: ReadingsQuery, page: Dict[str, Any], csv: bool) -> Answer:
@@ -243,7 +255,7 @@ class ReadyResource(Resource):
     #: Seconds to wait for the store's answer before calling it unreachable.
     timeout = 5.0
 
-    def __init__(self, queries: Any, clock: Any) -> None:
+    def __init__(self, queries: Optional[IStoreQueries], clock: IReactorTime) -> None:
         super().__init__()
         self._queries = queries
         self._clock = clock

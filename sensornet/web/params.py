@@ -5,7 +5,7 @@ Every function here takes the decoded query (as C{twisted.web} gives it:
 C{dict[bytes, list[bytes]]}) and either returns plain values or raises
 L{ParameterError} naming the offending parameter, so the resource can answer
 C{400} with a message a person can act on. Nothing here touches a request,
-a reactor or the store.
+a reactor or the store (only the store's limits are shared with it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from ..store.queries import EARLIEST_TIME, LATEST_TIME, MAX_LIMIT
+
 __all__ = [
     "ParameterError",
     "ReadingsQuery",
@@ -22,14 +24,12 @@ __all__ = [
     "parseTime",
     "wantsCSV",
     "DEFAULT_LIMIT",
-    "MAX_LIMIT",
     "READINGS_PARAMETERS",
 ]
 
-#: Readings per page when the client names no C{limit}.
+#: Readings per page when the client names no C{limit}; the largest
+#: accepted is the store's L{MAX_LIMIT}.
 DEFAULT_LIMIT = 1000
-#: The largest C{limit} accepted (the store caps a page at this size too).
-MAX_LIMIT = 10000
 
 #: Every query parameter C{GET /api/readings} understands.
 READINGS_PARAMETERS = ("sensor", "kind", "since", "until", "limit", "cursor", "format")
@@ -76,29 +76,30 @@ def parseTime(name: str, text: str) -> float:
     C{"2024-06-11"}); an ISO time without an offset is taken as UTC.
 
     @param name: The parameter's name, for the error message.
-    @return: Seconds since the epoch, finite.
-    @raise ParameterError: If C{text} is neither.
+    @return: Seconds since the epoch, from the year 1 to the year 9999
+        (L{EARLIEST_TIME} to L{LATEST_TIME}).
+    @raise ParameterError: If C{text} is neither, or is out of that range.
     """
     stripped = text.strip()
     try:
         seconds = float(stripped)
     except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds):
-            raise ParameterError(name, f"{name} must be a finite time, not {text!r}")
-        return seconds
-    try:
-        moment = datetime.fromisoformat(stripped.replace("z", "Z"))
-    except ValueError:
-        raise ParameterError(
-            name,
-            f"{name} must be seconds since the epoch or an ISO 8601 time "
-            f"(e.g. 2024-06-11T10:15:42Z), not {text!r}",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+        try:
+            moment = datetime.fromisoformat(stripped.replace("z", "Z"))
+        except ValueError:
+            raise ParameterError(
+                name,
+                f"{name} must be seconds since the epoch or an ISO 8601 time "
+                f"(e.g. 2024-06-11T10:15:42Z), not {text!r}",
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        seconds = moment.timestamp()
+    if not math.isfinite(seconds):
+        raise ParameterError(name, f"{name} must be a finite time, not {text!r}")
+    if not EARLIEST_TIME <= seconds <= LATEST_TIME:
+        raise ParameterError(name, f"{name} must be a time between the years 1 and 9999, not {text!r}")
+    return seconds
 
 
 def _single(args: Mapping[bytes, Sequence[bytes]], name: str) -> Optional[str]:
@@ -108,9 +109,13 @@ def _single(args: Mapping[bytes, Sequence[bytes]], name: str) -> Optional[str]:
     if len(values) > 1:
         raise ParameterError(name, f"{name} may be given only once")
     try:
-        return values[0].decode("utf-8")
+        value = values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise ParameterError(name, f"{name} is not valid UTF-8") from None
+    if "\x00" in value:
+        # No stored name holds one, and PostgreSQL refuses it in a query.
+        raise ParameterError(name, f"{name} must not contain a NUL character")
+    return value
 
 
 def parseReadingsQuery(args: Mapping[bytes, Sequence[bytes]]) -> ReadingsQuery:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Callable, Collection, Optional
+from typing import Any, Callable, Collection, Optional, Tuple
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 
 from ..feed import LiveFeed
+from ..interfaces import IStoreQueries
 from ..metrics import ServerMetrics
 from .api import (
     HealthResource,
@@ -34,7 +36,7 @@ from .api import (
 )
 from .stream import StreamResource
 
-__all__ = ["makeResource", "makeSite", "staticDirectory"]
+__all__ = ["WebSite", "makeResource", "makeSite", "staticDirectory"]
 
 _CSP = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -58,6 +60,14 @@ def staticDirectory() -> Path:
     return Path(str(files("sensornet.web") / "static"))
 
 
+def _isUTF8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class _StaticFile(File):
     """
     A package file or directory; a directory is never listed.
@@ -68,6 +78,14 @@ class _StaticFile(File):
 
     def directoryListing(self) -> IResource:
         return notFound("No such file", "There is no such file.")
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        # File itself answers a name holding a NUL byte with a 500 (the
+        # operating system refuses the path) and logs a traceback for a name
+        # that is not UTF-8: both are simply names of no file here.
+        if b"\x00" in path or not _isUTF8(path):
+            return notFound("No such file", "There is no such file.")
+        return super().getChild(path, request)
 
     def render_GET(self, request: Request) -> Any:
         # The files change with the package; let browsers revalidate.
@@ -96,25 +114,13 @@ class _Root(_Directory):
         return super().getChildWithDefault(path, request)
 
 
-def makeResource(
-    queries: Optional[Any],
+def _tree(
+    queries: Optional[IStoreQueries],
     feed: LiveFeed,
     metrics: ServerMetrics,
     connectedSensors: Callable[[], Collection[str]],
-    reactor: Any,
-) -> Resource:
-    """
-    The root resource of a server's HTTP side.
-
-    @param queries: The store's query side (C{sensors()}, C{readings(...)},
-        C{ping()}, each returning a Deferred), or L{None} when the server
-        stores nothing: the data endpoints then answer 503.
-    @param feed: Committed readings, for the live stream.
-    @param metrics: The server's metrics; the stream adds its own two to
-        C{metrics.registry}, so build one resource per L{ServerMetrics}.
-    @param connectedSensors: Names of the sensors with a connection open now.
-    @param reactor: Gives the time (C{seconds()}) and runs the heartbeat.
-    """
+    reactor: IReactorTime,
+) -> Tuple[Resource, StreamResource]:
     root = _Root()
     static = staticDirectory()
     root.putChild(b"", _StaticFile(str(static / "index.html")))
@@ -127,24 +133,61 @@ def makeResource(
     else:
         api.putChild(b"sensors", noStoreResource())
         api.putChild(b"readings", noStoreResource())
-    api.putChild(b"stream", StreamResource(feed, reactor, metrics.registry))
+    stream = StreamResource(feed, reactor, metrics.registry)
+    api.putChild(b"stream", stream)
     root.putChild(b"metrics", MetricsResource(metrics.registry))
     root.putChild(b"healthz", HealthResource())
     root.putChild(b"readyz", ReadyResource(queries, reactor))
-    return root
+    return root, stream
 
 
-def makeSite(
-    queries: Optional[Any],
+def makeResource(
+    queries: Optional[IStoreQueries],
     feed: LiveFeed,
     metrics: ServerMetrics,
     connectedSensors: Callable[[], Collection[str]],
-    reactor: Any,
-) -> Site:
+    reactor: IReactorTime,
+) -> Resource:
     """
-    A L{Site} serving L{makeResource}'s tree, ready to listen on an endpoint.
-    Tracebacks are never shown to clients.
+    The root resource of a server's HTTP side.
+
+    @param queries: The store's query side, or L{None} when the server
+        stores nothing: the data endpoints then answer 503.
+    @param feed: Committed readings, for the live stream.
+    @param metrics: The server's metrics; the stream adds its own two to
+        C{metrics.registry}, so build one resource per L{ServerMetrics}.
+    @param connectedSensors: Names of the sensors with a connection open now.
+    @param reactor: Gives the time (C{seconds()}) and runs the heartbeat.
     """
-    site = Site(makeResource(queries, feed, metrics, connectedSensors, reactor), reactor=reactor)
-    site.displayTracebacks = False
-    return site
+    return _tree(queries, feed, metrics, connectedSensors, reactor)[0]
+
+
+class WebSite(Site):
+    """
+    The L{Site} of a server's HTTP side. Tracebacks are never shown to
+    clients.
+
+    @ivar stream: The live stream (C{/api/stream}); a stopping server ends
+        its streams with C{stream.closeAll()}.
+    """
+
+    displayTracebacks = False
+
+    def __init__(self, resource: Resource, stream: StreamResource, reactor: IReactorTime) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.stream = stream
+
+
+def makeSite(
+    queries: Optional[IStoreQueries],
+    feed: LiveFeed,
+    metrics: ServerMetrics,
+    connectedSensors: Callable[[], Collection[str]],
+    reactor: IReactorTime,
+) -> WebSite:
+    """
+    A L{WebSite} serving L{makeResource}'s tree, ready to listen on an
+    endpoint.
+    """
+    root, stream = _tree(queries, feed, metrics, connectedSensors, reactor)
+    return WebSite(root, stream, reactor)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Set
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -151,6 +151,18 @@ class _StreamClient:
             abort = getattr(transport, "abortConnection", transport.loseConnection)
             abort()
 
+    def finish(self) -> None:
+        """
+        End the stream (the server is stopping): the client sees the
+        response end, and can reconnect to another server.
+        """
+        if self.closed:
+            return
+        request = self._request
+        self.connectionClosed(None)
+        request.unregisterProducer()
+        request.finish()
+
     def connectionClosed(self, reason: object) -> None:
         """
         The client went away (or was dropped): stop listening, forget it.
@@ -181,7 +193,7 @@ class StreamResource(Resource):
     #: Milliseconds an EventSource waits before reconnecting.
     retryMillis = 3000
 
-    def __init__(self, feed: LiveFeed, clock: Any, registry: Optional[CollectorRegistry] = None) -> None:
+    def __init__(self, feed: LiveFeed, clock: IReactorTime, registry: Optional[CollectorRegistry] = None) -> None:
         super().__init__()
         self._feed = feed
         self._clock = clock
@@ -228,13 +240,8 @@ class StreamResource(Resource):
 
     def closeAll(self) -> None:
         """
-        End every open stream (the server is stopping).
+        End every open stream and stop the heartbeat (the server is
+        stopping). The connections stay open, for the server to close.
         """
         for client in list(self.clients):
-            request = client._request
-            client.connectionClosed(None)
-            try:
-                request.unregisterProducer()
-                request.finish()
-            except Exception:
-                pass
+            client.finish()

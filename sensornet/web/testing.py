@@ -10,24 +10,25 @@ who wants a dashboard over a throw-away SQLite store.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Set
+from typing import Iterable, List, Optional, Set
 
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 
 from ..feed import LiveFeed
 from ..metrics import ServerMetrics
 from ..reading import Reading
-from .resource import makeSite
+from .resource import WebSite, makeSite
 
 __all__ = ["WebHarness"]
 
 
 class WebHarness:
     """
-    A store in C{directory}, a L{sensornet.writer.BatchWriter} writing to it,
-    a L{sensornet.store.queries.StoreQueries} reading it and the web site on
+    A store (SQLite in C{directory}, unless C{storeURL} names another), a
+    L{sensornet.writer.BatchWriter} writing to it, a
+    L{sensornet.store.queries.StoreQueries} reading it and the web site on
     C{127.0.0.1}, a free port.
 
     @ivar url: The site's base URL (C{"http://127.0.0.1:PORT"}), once started.
@@ -35,14 +36,14 @@ class WebHarness:
         tests change it freely.
     """
 
-    def __init__(self, directory: Path, reactor: Any) -> None:
-        self.storeURL = f"sqlite:{directory / 'readings.sqlite3'}"
+    def __init__(self, directory: Path, reactor: IReactorTime, storeURL: Optional[str] = None) -> None:
+        self.storeURL = storeURL or f"sqlite:{directory / 'readings.sqlite3'}"
         self.reactor = reactor
         self.metrics = ServerMetrics()
         self.feed = LiveFeed()
         self.connected: Set[str] = set()
         self.url = ""
-        self.site: Any = None
+        self.site: Optional[WebSite] = None
         self._port: Optional[IListeningPort] = None
         from ..store.queries import StoreQueries
         from ..writer import BatchWriter
@@ -73,11 +74,13 @@ class WebHarness:
 
     async def stop(self) -> None:
         """
-        Stop listening and close the store; idempotent.
+        Stop listening, end the live streams and close the store; idempotent.
         """
         if self._port is not None:
             port, self._port = self._port, None
             await maybeDeferred(port.stopListening)
+        if self.site is not None:
+            self.site.stream.closeAll()
         if self.queries.running:
             await maybeDeferred(self.queries.stopService)
         if self.writer.running:
