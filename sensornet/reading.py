@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["Reading", "LineError", "DIALECTS"]
+__all__ = ["Reading", "LineError", "DIALECTS", "EMPTY_LINE"]
 
 #: The line dialects a server understands, by the name used in logs, metrics
 #: and the C{dialect} attribute of a L{Reading}.
@@ -112,3 +112,10 @@ class LineError:
 
     def __repr__(self) -> str:
         return f"LineError({self.message!r}, seq={self.seq!r}, dialect={self.dialect!r})"
+
+
+#: What a blank line (nothing but ASCII whitespace) parses to: this one
+#: object, so that a caller tells a blank line from a malformed one by
+#: identity (C{result is EMPTY_LINE}), never by comparing message texts.
+#: Shared by every caller: do not change its attributes.
+EMPTY_LINE = LineError("empty line")

@@ -6,7 +6,7 @@ are no dialect at all.
 import pytest
 
 from sensornet.dialects import parseLine
-from sensornet.reading import LineError, Reading
+from sensornet.reading import EMPTY_LINE, LineError, Reading
 
 
 def graphite(sensor, kind, value, unit, ts):
@@ -79,9 +79,11 @@ def test_errors(line, message, dialect):
 
 
 @pytest.mark.parametrize("line", [b"", b"\r", b" ", b" \t \r"])
-def test_blankLines(line):
+def test_blank_lines_give_the_empty_line_sentinel(line):
     """
-    A blank line is the error C{empty line} of no dialect; the protocol
-    decides to ignore it.
+    A blank line is the error C{empty line} of no dialect, and always the
+    same object, L{EMPTY_LINE}, so the protocol tells it from a malformed
+    line by identity when it decides to ignore it.
     """
     assert parseLine(line) == LineError("empty line", None, "unknown")
+    assert parseLine(line) is EMPTY_LINE

@@ -44,7 +44,7 @@ def parseLine(line: bytes) -> Union[Reading, LineError]:
     gives a L{LineError} whose message says what is wrong, whose C{dialect}
     is the dialect the line looked like (or C{"unknown"}), and whose C{seq}
     is the native line's seq when it could be read. A blank line gives
-    C{LineError("empty line")}.
+    L{sensornet.reading.EMPTY_LINE} itself (compare with C{is}).
 
     @return: a L{Reading} with C{peer} and C{received_at} left at their
         defaults, or a L{LineError}.

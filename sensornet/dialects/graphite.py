@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from ..reading import LineError, Reading
+from ..reading import EMPTY_LINE, LineError, Reading
 from ._common import (
     IMPLIED_UNITS,
     MAX_KIND,
@@ -56,13 +56,13 @@ def parseGraphite(line: bytes) -> Union[Reading, LineError]:
     nor line protocol ends up here.
 
     @return: the reading, or a L{LineError}: dialect C{"graphite"} when the
-        line has two or three fields, C{"unknown"} otherwise (C{"empty
-        line"} for a blank one).
+        line has two or three fields, C{"unknown"} otherwise, and for a
+        blank line L{sensornet.reading.EMPTY_LINE} itself.
     """
     tokens = line.split()
     if len(tokens) != 3:
         if not tokens:
-            return LineError("empty line")
+            return EMPTY_LINE
         if len(tokens) == 2:
             return LineError("timestamp missing (expected 'path value timestamp')", None, "graphite")
         return LineError(
