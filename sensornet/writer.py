@@ -449,9 +449,13 @@ class _Inputs(Protocol):
         @return: Fires once stopped (see L{BatchWriter.stopService}).
         """
 
-    def submit(self, call: _Call) -> None:
+    def readingsQueued(self) -> None:
         """
-        A submission with at least one reading arrived.
+        The queue of submissions went from empty to not empty, or reached a
+        full batch. Said once per such edge, not once per submission: a
+        submission is data added to the queue (see L{BatchWriter.submit}),
+        and a busy server submits thousands of small chunks per batch, each
+        of which would otherwise pay for a transition.
         """
 
     def _storeOpened(self, store: IStore) -> None:
@@ -839,30 +843,26 @@ def _makeMachine() -> Callable[[_Core], _Inputs]:
 
     # -- submit -----------------------------------------------------------------
 
-    def enqueue(c: _Inputs, s: _Core, call: _Call) -> None:
-        s.enqueue(call)
-
+    # Readings wait in the queue until the store is open and free: whoever
+    # frees it looks at the queue (carryOn).
     for state in [Unstarted, Opening, BackingOff, Writing, *draining]:
-        state.upon(_Inputs.submit).loop()(enqueue)
+        state.upon(_Inputs.readingsQueued).loop().returns(None)
 
-    @Idle.upon(_Inputs.submit).to(Gathering)
-    def startGathering(c: _Inputs, s: _Core, call: _Call) -> None:
-        s.enqueue(call)
+    @Idle.upon(_Inputs.readingsQueued).to(Gathering)
+    def startGathering(c: _Inputs, s: _Core) -> None:
         if s.full():
             c._writeNow()
         else:
             s.gather = s.clock.callLater(s.maxDelay, s.dispatch, c._writeNow)
 
-    @Gathering.upon(_Inputs.submit).loop()
-    def gather(c: _Inputs, s: _Core, call: _Call) -> None:
-        s.enqueue(call)
+    @Gathering.upon(_Inputs.readingsQueued).loop()
+    def gather(c: _Inputs, s: _Core) -> None:
         if s.full():
             c._writeNow()
 
-    @Stopped.upon(_Inputs.submit).loop()
-    def refuse(c: _Inputs, s: _Core, call: _Call) -> None:
-        call.done = True
-        s.later(_fire, call, _STOPPED)
+    @Stopped.upon(_Inputs.readingsQueued).loop()
+    def refuse(c: _Inputs, s: _Core) -> None:
+        s.failWaiting(_STOPPED)
 
     # -- opening ----------------------------------------------------------------
 
@@ -1152,7 +1152,13 @@ class BatchWriter(Service):
         if not readings:
             d.callback({})
             return d
-        self._core.dispatch(self._machine.submit, _Call(readings, d))
+        core = self._core
+        queue = core.queue
+        before = queue.queued
+        core.enqueue(_Call(readings, d))
+        maxBatch = core.maxBatch
+        if not before or before < maxBatch <= queue.queued:
+            core.dispatch(self._machine.readingsQueued)
         return d
 
     # -- service ------------------------------------------------------------
