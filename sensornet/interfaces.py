@@ -188,20 +188,36 @@ class IChunkObserver(Interface):
     """
     Per-chunk accounting of sensor connections (metrics and the reading
     log): told once per chunk, never once per line, so its cost per reading
-    stays small.
+    stays small. Its methods never raise.
     """
 
-    def chunkParsed(peer, lines, readings, errors):  # type: ignore[no-untyped-def]
+    logReadings = Attribute(
+        "Whether each reading received is logged (the seed's log.txt); refused lines are logged regardless."
+    )
+
+    def chunkParsed(peer, received, lines, readings, rejected):  # type: ignore[no-untyped-def]
         """
         One chunk of complete lines from the connection at C{peer} (text
-        such as C{"10.0.2.135:54812"}) was parsed: C{lines} is every line
-        (bytes, without its delimiter), C{readings} the readings taken from
-        them, C{errors} the L{sensornet.reading.LineError}s for the lines
-        refused, in line order.
+        such as C{"10.0.2.135:54812"}) was parsed.
+
+        @param received: When the chunk arrived, in seconds since the epoch
+            by the server's clock.
+        @param lines: Every complete line of the chunk (bytes without the
+            delimiter; a C{\\r} before it is still there), in order.
+        @param readings: The readings taken from them, in line order.
+        @param rejected: C{(index, error)} for each line refused, in line
+            order: C{lines[index]} and its L{sensornet.reading.LineError}.
+            A line neither refused nor a reading is blank.
         """
 
     def chunksAnswered(latencies):  # type: ignore[no-untyped-def]
         """
         Replies holding readings went out; C{latencies} holds, per chunk
         answered, the seconds from its arrival to its reply.
+        """
+
+    def lineTooLong(peer, limit):  # type: ignore[no-untyped-def]
+        """
+        The connection at C{peer} sent a line longer than C{limit} bytes
+        (not counting its terminator) and is being closed.
         """

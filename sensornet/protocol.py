@@ -5,16 +5,22 @@ L{SensorProtocol} turns bytes into lines, lines into readings (through the
 pure L{sensornet.dialects.parseLine}), hands each chunk's readings to the
 factory's sink in one call, and writes the chunk's replies in one write once
 the sink says they are stored. Everything on this path is done per chunk, not
-per line: one sink call, one log event, one metrics update, one write.
+per line: one sink call, one call to the chunk observer (metrics and the
+reading log: L{sensornet.accounting.ChunkAccounting}), one write.
 
 Replies on a connection go out in the order of the lines that caused them,
 even though acknowledgements wait for a commit and error replies do not.
+
+L{SensorServerFactory} keeps what connections share: the sink, the clock,
+the chunk observer, the open connections, which sensors are connected, and
+the store writer's pressure.
 """
 
 from __future__ import annotations
 
-from typing import Any, Collection, Dict, List, Optional, Protocol as TypingProtocol, Set, Tuple
+from typing import Any, Collection, Dict, FrozenSet, List, Optional, Set, Tuple, cast
 
+from constantly import NamedConstant, Names
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
@@ -23,29 +29,49 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .accounting import ChunkAccounting
 from .dialects import MAX_LINE_LENGTH, parseLine
+from .interfaces import IChunkObserver, IPressureObserver, IReadingSink
 from .metrics import ServerMetrics
-from .reading import LineError, Reading
+from .reading import EMPTY_LINE, LineError, Reading
+from .wire import ACK_PREFIX, ERROR_PREFIX, ERROR_SEQ_PREFIX, NOT_STORED, REJECTED, SEED_REPLY
 
-__all__ = ["SEED_REPLY", "ReadingSink", "ImmediateSink", "SensorProtocol", "SensorServerFactory", "formatPeer"]
+__all__ = [
+    "SEED_REPLY",
+    "PauseReason",
+    "ImmediateSink",
+    "SensorProtocol",
+    "SensorServerFactory",
+    "formatPeer",
+]
 
-#: The seed server's reply to every message, byte for byte.
-SEED_REPLY = "Dados recebidos com sucesso.\n".encode("utf-8")
 
-
-class ReadingSink(TypingProtocol):
+class PauseReason(Names):
     """
-    Where a server puts the readings it parsed.
+    Why a connection stops reading. L{SensorProtocol.pauseReading} takes
+    these and nothing else, so a misspelt reason is an error, not a pause
+    nobody ever withdraws.
 
-    C{submit} fires once every reading of the call is durably stored (or was
-    already stored), with C{{index: reason}} for readings the sink refuses
-    for good; it errs back when none of them could be stored this time (the
-    sender should resend). It never raises.
+    @cvar sendBufferFull: The peer does not read its replies (the transport
+        paused us, as our producer).
+    @cvar awaitingCommit: More than L{SensorProtocol.maxPending} of the
+        connection's readings wait for their commit.
+    @cvar writerOverloaded: The store writer's backlog is over its
+        high-water mark.
+    @cvar serverStopping: The server is stopping: it answers what it has and
+        reads nothing more.
     """
 
-    def submit(self, readings: List[Reading]) -> "Deferred[Dict[int, str]]": ...
+    sendBufferFull = NamedConstant()
+    awaitingCommit = NamedConstant()
+    writerOverloaded = NamedConstant()
+    serverStopping = NamedConstant()
 
 
+_PAUSE_REASONS: FrozenSet[NamedConstant] = frozenset(PauseReason.iterconstants())
+
+
+@implementer(IReadingSink)
 class ImmediateSink:
     """
     A sink that stores nothing and acknowledges at once (C{--store none}):
@@ -73,26 +99,56 @@ def formatPeer(address: IAddress) -> str:
     return str(address)
 
 
-def _errorLine(error: LineError) -> bytes:
-    if error.seq is not None:
-        text = f"error seq={error.seq}: {error.message}\n"
+# The replies, from the texts both ends of the wire rely on.
+_ACK_FORMAT = ACK_PREFIX.encode("ascii") + b"%d\n"
+
+
+def _errorReply(seq: Optional[int], message: str) -> bytes:
+    if seq is not None:
+        text = f"{ERROR_SEQ_PREFIX}{seq}: {message}\n"
     else:
-        text = f"error: {error.message}\n"
+        text = f"{ERROR_PREFIX}: {message}\n"
     return text.encode("utf-8", "replace")
+
+
+def _errorLine(error: LineError) -> bytes:
+    return _errorReply(error.seq, error.message)
 
 
 def _ackLine(reading: Reading) -> bytes:
     if reading.dialect == "seed":
         return SEED_REPLY
     if reading.seq is not None:
-        return b"ack %d\n" % (reading.seq,)
+        return _ACK_FORMAT % (reading.seq,)
     return b""
 
 
-def _notStoredLine(reading: Reading, why: str) -> bytes:
-    if reading.seq is not None:
-        return f"error seq={reading.seq}: {why}\n".encode("utf-8", "replace")
-    return f"error: {why}\n".encode("utf-8", "replace")
+def _tooLong(line: bytes, limit: int) -> bool:
+    """
+    Whether C{line} is longer than C{limit} bytes without the C{\\r} of a
+    CRLF terminator (or of one whose C{\\n} is yet to come).
+    """
+    return len(line) - (line[-1:] == b"\r") > limit
+
+
+# The units that end a whole message of the seed's clients, as parsed and
+# as written (C{°C} and C{ºC} end with C{C}).
+_SEED_UNITS_WRITTEN = {"C": b"C", "F": b"F", "%": b"%"}
+
+
+def _isWholeSeedMessage(partial: bytes) -> bool:
+    """
+    Whether C{partial}, unterminated, is a whole seed message by the seed's
+    own grammar: a seed reading whose unit, one of the seed's (C{°C},
+    C{ºC}, C{C}, C{°F}, C{ºF}, C{F}, C{%}), is written at its end. A message
+    cut before its end is never whole: its unit is missing or cut short
+    (C{Temperatura: 2}, C{25.34°}).
+    """
+    result = parseLine(partial)
+    if type(result) is not Reading or result.dialect != "seed":
+        return False
+    written = _SEED_UNITS_WRITTEN.get(result.unit)
+    return written is not None and partial.rstrip().endswith(written)
 
 
 class _Chunk:
@@ -119,15 +175,18 @@ class SensorProtocol(LineOnlyReceiver):
 
     @cvar delimiter: Lines end with C{\\n}; a C{\\r} before it is dropped by
         the parser.
-    @cvar MAX_LENGTH: The longest line accepted, in bytes; a longer one gets
-        an error reply and closes this connection (and only this one), after
-        the replies owed for earlier lines.
+    @cvar MAX_LENGTH: The longest line accepted, in bytes, not counting its
+        terminator (C{\\n} or C{\\r\\n}); a longer one gets an error reply
+        and closes this connection (and only this one), after the replies
+        owed for earlier lines.
     @cvar maxPending: How many of this connection's readings may wait for
         their commit before the server stops reading from it; this is what
         bounds the memory one connection can take.
     @cvar seedIdleGap: Seconds an unterminated partial line must stay idle
-        before it is taken as a complete seed-text message (the seed's client
-        sends no newline and waits for the reply).
+        before it is taken as a seed message (the seed's client sends no
+        newline and waits for the reply). Only a whole seed message is
+        taken (see L{_isWholeSeedMessage}), and never on a connection that
+        has sent a terminated line.
     """
 
     delimiter = b"\n"
@@ -140,14 +199,18 @@ class SensorProtocol(LineOnlyReceiver):
     # pause (Protocol types it as the narrower Optional[ITransport]).
     transport: Any
 
-    _log = Logger()
-
     def __init__(self) -> None:
         self.peer = ""
         self.sensors: Set[str] = set()
+        # The bytes after the last delimiter, owned here rather than in
+        # LineOnlyReceiver's _buffer: lines are split a chunk at a time.
+        self._partial = b""
+        # Whether a delimiter-terminated line came: such a connection frames
+        # its lines, and the seed's idle rule is not for it.
+        self._delimited = False
         self._queue: List[_Chunk] = []
         self._pending = 0
-        self._pauses: Set[str] = set()
+        self._pauses: Set[PauseReason] = set()
         self._idleCall: Optional[IDelayedCall] = None
         self._closing = False
         self._closed = False
@@ -199,29 +262,39 @@ class SensorProtocol(LineOnlyReceiver):
     # -- IPushProducer, driven by the transport's send buffer ---------------
 
     def pauseProducing(self) -> None:
-        self.pauseReading("send buffer full")
+        self.pauseReading(PauseReason.sendBufferFull)
 
     def resumeProducing(self) -> None:
-        self.resumeReading("send buffer full")
+        self.resumeReading(PauseReason.sendBufferFull)
 
     def stopProducing(self) -> None:
         pass
 
-    def pauseReading(self, reason: str) -> None:
+    def pauseReading(self, reason: PauseReason) -> None:
         """
         Stop reading from this connection until every reason given here has
         been withdrawn with L{resumeReading}.
+
+        @param reason: One of L{PauseReason}.
+        @raise TypeError: C{reason} is not one of L{PauseReason}.
         """
+        if reason not in _PAUSE_REASONS:
+            raise TypeError(f"not a PauseReason: {reason!r}")
         if not self._pauses and not self._closed:
             self.transport.pauseProducing()
             self.factory.readingPaused(self, True)
         self._pauses.add(reason)
 
-    def resumeReading(self, reason: str) -> None:
+    def resumeReading(self, reason: PauseReason) -> None:
         """
-        Withdraw one reason for L{pauseReading}; reading resumes when none is
-        left (and the connection is not closing).
+        Withdraw one reason given to L{pauseReading} (nothing if it was not
+        given); reading resumes when none is left (and the connection is not
+        closing).
+
+        @raise TypeError: C{reason} is not one of L{PauseReason}.
         """
+        if reason not in _PAUSE_REASONS:
+            raise TypeError(f"not a PauseReason: {reason!r}")
         if reason not in self._pauses:
             return
         self._pauses.discard(reason)
@@ -237,24 +310,27 @@ class SensorProtocol(LineOnlyReceiver):
             return
         if self._idleCall is not None:
             self._cancelIdle()
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
+        lines = (self._partial + data).split(self.delimiter)
+        partial = self._partial = lines.pop()
         limit = self.MAX_LENGTH
-        tooLong = len(self._buffer) > limit
-        # One pass in C finds whether any line is too long; only then is the
-        # first such line looked for, and the lines from it on dropped.
-        if lines and max(map(len, lines)) > limit:
-            for index, line in enumerate(lines):
-                if len(line) > limit:
-                    del lines[index:]
-                    tooLong = True
-                    break
+        tooLong = len(partial) > limit and _tooLong(partial, limit)
         if lines:
-            self.linesReceived(lines)
+            self._delimited = True
+            # One pass in C finds whether any line may be too long; only then
+            # is the first such line looked for, and the lines from it on
+            # dropped.
+            if max(map(len, lines)) > limit:
+                for index, line in enumerate(lines):
+                    if _tooLong(line, limit):
+                        del lines[index:]
+                        tooLong = True
+                        break
+            if lines:
+                self.linesReceived(lines)
         if tooLong:
-            self._buffer = b""
+            self._partial = b""
             self.lineLengthExceeded(b"")
-        elif self._buffer:
+        elif partial and not self._delimited:
             self._idleCall = self.factory.clock.callLater(self.seedIdleGap, self._idleTimedOut)
 
     def lineReceived(self, line: bytes) -> None:
@@ -267,17 +343,20 @@ class SensorProtocol(LineOnlyReceiver):
     def linesReceived(self, lines: List[bytes]) -> None:
         """
         Handle the complete lines of one chunk: parse each, submit the
-        readings in one call, and queue the replies in line order.
+        readings in one call, queue the replies in line order, and tell the
+        chunk observer once.
         """
         factory = self.factory
         now = factory.clock.seconds()
         chunk = _Chunk(now)
         readings = chunk.readings
-        errors: List[LineError] = []
-        # Error replies with the number of readings before them: the slots
-        # are laid out after the loop, so that a chunk of readings only (the
-        # common case) costs no per-line bookkeeping for them.
+        # The refused lines, by index into lines, and their error replies
+        # with the number of readings before them: the slots are laid out
+        # after the loop, so that a chunk of readings only (the common case)
+        # costs no per-line bookkeeping for them.
+        rejected: List[Tuple[int, LineError]] = []
         errorReplies: List[Tuple[int, bytes]] = []
+        blanks = 0
         sensors = self.sensors
         peer = self.peer
         # A local name: this loop runs once per line, at hundreds of
@@ -292,9 +371,12 @@ class SensorProtocol(LineOnlyReceiver):
                     sensors.add(result.sensor)
                     factory.sensorConnected(result.sensor)
                 addReading(result)
-            elif result.message != "empty line":  # type: ignore[union-attr]
-                errors.append(result)  # type: ignore[arg-type]
-                errorReplies.append((len(readings), _errorLine(result)))  # type: ignore[arg-type]
+            elif result is EMPTY_LINE:
+                blanks += 1
+            else:
+                error = cast(LineError, result)
+                rejected.append((len(readings) + len(rejected) + blanks, error))
+                errorReplies.append((len(readings), _errorLine(error)))
         slots = chunk.slots
         start = 0
         for before, reply in errorReplies:
@@ -302,21 +384,23 @@ class SensorProtocol(LineOnlyReceiver):
             slots.append(reply)
             start = before
         slots.extend(range(start, len(readings)))
-        factory.linesParsed(self, lines, readings, errors)
         if not slots:
             return
         self._queue.append(chunk)
-        if not readings:
+        if readings:
+            self._pending += len(readings)
+            if self._pending > self.maxPending:
+                self.pauseReading(PauseReason.awaitingCommit)
+            factory.sink.submit(readings).addCallbacks(
+                self._stored, self._notStored, callbackArgs=(chunk,), errbackArgs=(chunk,)
+            )
+        else:
             chunk.replies = b"".join(slots)
             chunk.done = True
             self._flush()
-            return
-        self._pending += len(readings)
-        if self._pending > self.maxPending:
-            self.pauseReading("too many readings awaiting commit")
-        factory.sink.submit(readings).addCallbacks(
-            self._stored, self._notStored, callbackArgs=(chunk,), errbackArgs=(chunk,)
-        )
+        # After the replies are on their way: with a sink that answers at
+        # once, they are written before the chunk is logged.
+        factory.accounting.chunkParsed(peer, now, lines, readings, rejected)
 
     def _stored(self, rejected: Dict[int, str], chunk: _Chunk) -> None:
         readings = chunk.readings
@@ -327,13 +411,13 @@ class SensorProtocol(LineOnlyReceiver):
             # replies are one format operation instead of one per line.
             seqs = [reading.seq if reading.dialect == "native" else None for reading in readings]
             if None not in seqs:
-                self._settle(chunk, (b"ack %d\n" * len(seqs)) % tuple(seqs))
+                self._settle(chunk, (_ACK_FORMAT * len(seqs)) % tuple(seqs))
                 return
         replies = []
         for slot in slots:
             if type(slot) is int:
                 if rejected and slot in rejected:
-                    replies.append(_notStoredLine(readings[slot], "rejected: " + rejected[slot]))
+                    replies.append(_errorReply(readings[slot].seq, f"{REJECTED}: {rejected[slot]}"))
                 else:
                     replies.append(_ackLine(readings[slot]))
             else:
@@ -341,7 +425,7 @@ class SensorProtocol(LineOnlyReceiver):
         self._settle(chunk, b"".join(replies))
 
     def _notStored(self, failure: Failure, chunk: _Chunk) -> None:
-        why = "not stored, try again: " + (str(failure.value) or failure.type.__name__).replace("\n", " ")
+        why = f"{NOT_STORED}: " + (str(failure.value) or failure.type.__name__).replace("\n", " ")
         replies = []
         readings = chunk.readings
         unnamed = 0
@@ -351,11 +435,11 @@ class SensorProtocol(LineOnlyReceiver):
                 if reading.seq is None and reading.dialect != "seed":
                     unnamed += 1
                 else:
-                    replies.append(_notStoredLine(reading, why))
+                    replies.append(_errorReply(reading.seq, why))
             else:
                 replies.append(slot)
         if unnamed:
-            replies.append(f"error: {unnamed} readings {why}\n".encode("utf-8", "replace"))
+            replies.append(_errorReply(None, f"{unnamed} readings {why}"))
         self._settle(chunk, b"".join(replies))
 
     def _settle(self, chunk: _Chunk, replies: bytes) -> None:
@@ -363,7 +447,7 @@ class SensorProtocol(LineOnlyReceiver):
         chunk.done = True
         self._pending -= len(chunk.readings)
         if self._pending <= self.maxPending:
-            self.resumeReading("too many readings awaiting commit")
+            self.resumeReading(PauseReason.awaitingCommit)
         self._flush()
 
     def _flush(self) -> None:
@@ -384,16 +468,18 @@ class SensorProtocol(LineOnlyReceiver):
         data = b"".join([chunk.replies for chunk in finished])
         if data:
             self.transport.write(data)
-        self.factory.repliesSent(finished)
+        now = self.factory.clock.seconds()
+        latencies = [now - chunk.received for chunk in finished if chunk.readings]
+        if latencies:
+            self.factory.accounting.chunksAnswered(latencies)
         if self._closing and not queue:
             self._close()
 
     def _idleTimedOut(self) -> None:
         self._idleCall = None
-        partial = self._buffer
-        result = parseLine(partial)
-        if type(result) is Reading and result.dialect == "seed":
-            self._buffer = b""
+        partial = self._partial
+        if _isWholeSeedMessage(partial):
+            self._partial = b""
             self.linesReceived([partial])
 
     def _cancelIdle(self) -> None:
@@ -407,7 +493,7 @@ class SensorProtocol(LineOnlyReceiver):
         A line over L{MAX_LENGTH}: stop reading, answer what came before, then
         say why and close this connection.
         """
-        self.factory.lineTooLong(self)
+        self.factory.accounting.lineTooLong(self.peer, self.MAX_LENGTH)
         self._closing = True
         self._cancelIdle()
         self.transport.pauseProducing()
@@ -415,33 +501,29 @@ class SensorProtocol(LineOnlyReceiver):
             self._close()
 
     def _close(self) -> None:
-        self.transport.write(
-            f"error: line longer than {self.MAX_LENGTH} bytes; closing the connection\n".encode("ascii")
-        )
+        self.transport.write(_errorReply(None, f"line longer than {self.MAX_LENGTH} bytes; closing the connection"))
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
 
+@implementer(IPressureObserver)
 class SensorServerFactory(Factory):
     """
     Builds a L{SensorProtocol} per connection and holds what they share: the
-    sink, the clock, the metrics, the set of open connections and which
-    sensors are connected.
+    sink, the clock, the chunk observer, the set of open connections, which
+    sensors are connected, and the store writer's pressure (it is the
+    writer's L{IPressureObserver}).
 
-    @ivar sink: Where readings go (a L{ReadingSink}).
+    @ivar sink: Where readings go (an L{IReadingSink}).
     @ivar clock: The time source (the reactor, or a C{task.Clock} in tests).
-    @ivar logReadings: Log each received reading. Chunks received within
-        L{readingLogInterval} seconds share one log event (in their order),
-        so thousands of sensors sending one reading each cost a few log
-        events per second, not one per reading (measured here, a one-line
-        chunk with the reading log on: 40 us with an event per chunk, 16 us
-        coalesced).
-    @cvar readingLogInterval: Seconds reading log lines may wait to be
-        logged together. Connection events and stopping flush them first,
-        so the log keeps the order of events.
+    @ivar metrics: The server's metrics; connections are counted here, chunks
+        by C{accounting}.
+    @ivar accounting: Told once per chunk what a connection received and
+        answered (an L{IChunkObserver}): the metrics of readings and the
+        reading log.
+    @ivar protocols: The open connections.
+    @ivar paused: The open connections not reading now.
     """
-
-    readingLogInterval = 0.1
 
     protocol = SensorProtocol  # type: ignore[assignment]
 
@@ -449,42 +531,52 @@ class SensorServerFactory(Factory):
 
     def __init__(
         self,
-        sink: ReadingSink,
+        sink: IReadingSink,
         clock: IReactorTime,
         metrics: Optional[ServerMetrics] = None,
         logReadings: bool = True,
+        accounting: Optional[IChunkObserver] = None,
     ) -> None:
+        """
+        @param logReadings: Whether the default C{accounting} logs each
+            reading received (the seed's C{log.txt}).
+        @param accounting: The chunk observer; by default a
+            L{ChunkAccounting} on C{metrics}, logging to the global log.
+        """
         self.sink = sink
         self.clock = clock
         self.metrics = metrics if metrics is not None else ServerMetrics()
-        self.logReadings = logReadings
+        self.accounting = accounting if accounting is not None else ChunkAccounting(self.metrics, logReadings)
         self.protocols: Set[SensorProtocol] = set()
         self.paused: Set[SensorProtocol] = set()
         self._sensorConnections: Dict[str, int] = {}
         self._writerOverloaded = False
-        self._readingLog: List[_ChunkText] = []
-        self._readingLogCall: Optional[IDelayedCall] = None
-        self._received = {dialect: child for dialect, child in self._children(self.metrics.readingsReceived)}
-        self._rejected = {dialect: child for dialect, child in self._children(self.metrics.linesRejected)}
 
-    @staticmethod
-    def _children(counter: Any) -> List[Any]:
-        from .reading import DIALECTS
+    @property
+    def logReadings(self) -> bool:
+        """
+        Whether each reading received is logged: C{accounting}'s setting.
+        """
+        return bool(self.accounting.logReadings)
 
-        return [(dialect, counter.labels(dialect)) for dialect in DIALECTS + ("unknown",)]
-
-    # -- called by protocols ----------------------------------------------
+    # -- called by protocols: the state they share -------------------------
 
     def connectionOpened(self, protocol: SensorProtocol) -> None:
+        """
+        C{protocol}'s connection is made; it starts paused while the store
+        writer is overloaded.
+        """
         self.protocols.add(protocol)
         self.metrics.connections.inc()
         self.metrics.connectionsOpen.inc()
-        self.flushReadingLog()
         self._log.info("New connection from {peer}", peer=protocol.peer)
         if self._writerOverloaded:
-            protocol.pauseReading("store writer overloaded")
+            protocol.pauseReading(PauseReason.writerOverloaded)
 
     def connectionClosed(self, protocol: SensorProtocol) -> None:
+        """
+        C{protocol}'s connection is gone, and with it its sensors.
+        """
         self.protocols.discard(protocol)
         if protocol in self.paused:
             self.paused.discard(protocol)
@@ -496,10 +588,12 @@ class SensorServerFactory(Factory):
                 self._sensorConnections[sensor] = count
             else:
                 self._sensorConnections.pop(sensor, None)
-        self.flushReadingLog()
         self._log.info("Connection from {peer} closed", peer=protocol.peer)
 
     def sensorConnected(self, sensor: str) -> None:
+        """
+        A connection sent its first reading from C{sensor}.
+        """
         self._sensorConnections[sensor] = self._sensorConnections.get(sensor, 0) + 1
 
     def connectedSensors(self) -> Collection[str]:
@@ -510,74 +604,16 @@ class SensorServerFactory(Factory):
         return self._sensorConnections.keys()
 
     def readingPaused(self, protocol: SensorProtocol, paused: bool) -> None:
+        """
+        C{protocol} stopped (C{paused}) or started again reading.
+        """
         if paused:
             self.paused.add(protocol)
         else:
             self.paused.discard(protocol)
         self.metrics.transportsPaused.set(len(self.paused))
 
-    def linesParsed(
-        self, protocol: SensorProtocol, lines: List[bytes], readings: List[Reading], errors: List[LineError]
-    ) -> None:
-        """
-        Count and log one chunk: one metrics update per dialect present and
-        one log event for the chunk's readings, however many lines it held.
-        """
-        if readings:
-            if len(readings) == 1:
-                self._received[readings[0].dialect].inc()
-            else:
-                counts: Dict[str, int] = {}
-                for reading in readings:
-                    counts[reading.dialect] = counts.get(reading.dialect, 0) + 1
-                for dialect, count in counts.items():
-                    self._received[dialect].inc(count)
-            if self.logReadings:
-                self._readingLog.append(_ChunkText(protocol.peer, lines))
-                if self._readingLogCall is None:
-                    self._readingLogCall = self.clock.callLater(self.readingLogInterval, self.flushReadingLog)
-        if errors:
-            for error in errors:
-                self._rejected.get(error.dialect, self._rejected["unknown"]).inc()
-            # One event per chunk, not per line: a flood of junk must not cost
-            # a log write per line.
-            self._log.warn(
-                "Rejected {count} line(s) from {peer}: {message}",
-                count=len(errors),
-                peer=protocol.peer,
-                message=errors[0].message,
-            )
-
-    def flushReadingLog(self) -> None:
-        """
-        Log the reading lines waiting to be logged, as one event.
-        """
-        call, self._readingLogCall = self._readingLogCall, None
-        if call is not None and call.active():
-            call.cancel()
-        if self._readingLog:
-            chunks, self._readingLog = self._readingLog, []
-            self._log.info("{text}", text=_LogText(chunks), chunks=len(chunks))
-
-    def stopFactory(self) -> None:
-        self.flushReadingLog()
-
-    def repliesSent(self, chunks: List[_Chunk]) -> None:
-        now = self.clock.seconds()
-        observe = self.metrics.ackLatency.observe
-        for chunk in chunks:
-            if chunk.readings:
-                observe(now - chunk.received)
-
-    def lineTooLong(self, protocol: SensorProtocol) -> None:
-        self.metrics.linesOversized.inc()
-        self._log.warn(
-            "Closing connection from {peer}: line longer than {max} bytes",
-            peer=protocol.peer,
-            max=protocol.MAX_LENGTH,
-        )
-
-    # -- called by the store writer (pressure observer) -------------------
+    # -- IPressureObserver: told by the store writer ------------------------
 
     def writerOverloaded(self) -> None:
         """
@@ -587,7 +623,7 @@ class SensorServerFactory(Factory):
         self._writerOverloaded = True
         self._log.warn("Store writer overloaded: pausing {n} connections", n=len(self.protocols))
         for protocol in list(self.protocols):
-            protocol.pauseReading("store writer overloaded")
+            protocol.pauseReading(PauseReason.writerOverloaded)
 
     def writerRecovered(self) -> None:
         """
@@ -596,44 +632,4 @@ class SensorServerFactory(Factory):
         self._writerOverloaded = False
         self._log.info("Store writer caught up: resuming {n} connections", n=len(self.protocols))
         for protocol in list(self.protocols):
-            protocol.resumeReading("store writer overloaded")
-
-
-class _ChunkText:
-    """
-    The text of one chunk's log event, rendered only if an observer formats
-    it (so a disabled or filtered log costs nothing): one line per received
-    line, in the seed's C{Received from PEER: MESSAGE} shape.
-    """
-
-    __slots__ = ("peer", "lines")
-
-    def __init__(self, peer: str, lines: List[bytes]) -> None:
-        self.peer = peer
-        self.lines = lines
-
-    def __str__(self) -> str:
-        prefix = f"Received from {self.peer}: "
-        return "\n".join(
-            prefix + line.rstrip(b"\r").decode("utf-8", "replace") for line in self.lines if line.strip()
-        )
-
-    __repr__ = __str__
-
-
-class _LogText:
-    """
-    The text of one reading-log event: the lines of several chunks, in the
-    order they were received, rendered only when an observer formats it.
-    """
-
-    __slots__ = ("chunks",)
-
-    def __init__(self, chunks: List[_ChunkText]) -> None:
-        self.chunks = chunks
-
-    def __str__(self) -> str:
-        return "\n".join(filter(None, map(str, self.chunks)))
-
-    __repr__ = __str__
-
+            protocol.resumeReading(PauseReason.writerOverloaded)

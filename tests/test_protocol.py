@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
+from zope.interface.verify import verifyObject
 
-from sensornet.protocol import SEED_REPLY, ImmediateSink, SensorServerFactory
+from sensornet.accounting import ChunkAccounting
+from sensornet.interfaces import IChunkObserver, IPressureObserver, IReadingSink
+from sensornet.metrics import ServerMetrics
+from sensornet.protocol import SEED_REPLY, ImmediateSink, PauseReason, SensorServerFactory
 from sensornet.reading import Reading
 
 
@@ -45,14 +50,27 @@ class RejectingSink:
 
 
 def connect(sink=None, clock=None, logReadings=True):
+    """
+    A factory and one connection on a StringTransport; C{events} gets what
+    the server logs about its connections and their lines, in order.
+    """
     clock = clock or Clock()
-    factory = SensorServerFactory(sink or ImmediateSink(), clock, logReadings=logReadings)
     events: list = []
+    metrics = ServerMetrics()
+    accounting = ChunkAccounting(metrics, logReadings, observer=events.append)
+    factory = SensorServerFactory(sink or ImmediateSink(), clock, metrics, accounting=accounting)
     factory._log = Logger(observer=events.append)
     protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.2.135", 54812))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.2.135", 54812))
     protocol.makeConnection(transport)
     return factory, protocol, transport, clock, events
+
+
+def sample(factory, name, **labels):
+    """
+    The value of one series of the factory's metrics, as a scrape reads it.
+    """
+    return factory.metrics.registry.get_sample_value(name, labels)
 
 
 def test_seed_message_gets_the_seed_reply_byte_for_byte():
@@ -79,7 +97,7 @@ def test_graphite_line_gets_no_reply_but_is_counted():
     factory, protocol, transport, _, _ = connect()
     protocol.dataReceived(b"sensors.client-1.temperature 25.34 1718100942\r\n")
     assert transport.value() == b""
-    assert factory.metrics.readingsReceived.labels("graphite")._value.get() == 1
+    assert sample(factory, "sensornet_readings_received_total", dialect="graphite") == 1
 
 
 def test_malformed_line_gets_one_error_reply_and_the_connection_lives():
@@ -91,7 +109,7 @@ def test_malformed_line_gets_one_error_reply_and_the_connection_lives():
     transport.clear()
     protocol.dataReceived(b"temperature,sensor=a value=1,seq=8i\n")
     assert transport.value() == b"ack 8\n"
-    assert sum(factory.metrics.linesRejected.labels(d)._value.get() for d in ("native", "unknown")) == 1
+    assert sample(factory, "sensornet_lines_rejected_total", dialect="native") == 1
 
 
 def test_binary_junk_never_raises_and_is_answered_with_errors():
@@ -237,7 +255,7 @@ def test_writer_overload_pauses_every_connection_until_it_recovers():
     factory, protocol, transport, _, _ = connect()
     factory.writerOverloaded()
     assert transport.producerState == "paused"
-    assert factory.metrics.transportsPaused._value.get() == 1
+    assert sample(factory, "sensornet_transports_paused") == 1
     # A connection opened while overloaded starts paused.
     late = factory.buildProtocol(None)
     lateTransport = StringTransport()
@@ -246,7 +264,7 @@ def test_writer_overload_pauses_every_connection_until_it_recovers():
     factory.writerRecovered()
     assert transport.producerState == "producing"
     assert lateTransport.producerState == "producing"
-    assert factory.metrics.transportsPaused._value.get() == 0
+    assert sample(factory, "sensornet_transports_paused") == 0
 
 
 def test_pause_reasons_are_independent():
@@ -273,50 +291,164 @@ def test_too_many_readings_awaiting_commit_pause_the_connection():
     assert transport.producerState == "producing"
 
 
-def test_reading_log_lines_in_the_seed_shape_coalesced_into_one_event():
+def readingLog(events):
     """
-    Every reading line is logged as "Received from PEER: LINE", and what
-    arrives within the log interval, over any number of chunks and
-    connections, is one log event.
+    The rendered text of the events of the reading log (readings received
+    and lines refused), with their times.
     """
-    factory, protocol, transport, clock, events = connect()
+    return [
+        (e["log_time"], formatEvent(e))
+        for e in events
+        if formatEvent(e).startswith(("Received from", "Rejected"))
+    ]
+
+
+def test_reading_log_is_one_event_per_reading_in_the_seed_shape():
+    """
+    Every reading line is logged as its own event, "Received from PEER:
+    LINE" (the seed's log.txt), stamped with the time its chunk arrived,
+    over any number of chunks and connections, in the order received.
+    """
+    clock = Clock()
+    clock.advance(1718100942.5)
+    factory, protocol, transport, clock, events = connect(clock=clock)
     other = factory.buildProtocol(None)
     other.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.0.2.136", 40000)))
     events.clear()
     protocol.dataReceived(b"".join(b"t,sensor=a value=1,seq=%di\n" % i for i in range(50)))
+    clock.advance(0.01)
     other.dataReceived("Sensor1 - Temperatura: 25.34°C\n".encode("utf-8"))
-    assert [e for e in events if "text" in e] == []
-    clock.advance(factory.readingLogInterval)
-    readingEvents = [e for e in events if "text" in e]
-    assert len(readingEvents) == 1
-    lines = str(readingEvents[0]["text"]).splitlines()
-    assert len(lines) == 51
-    assert lines[0] == "Received from 10.0.2.135:54812: t,sensor=a value=1,seq=0i"
-    assert lines[-1] == "Received from 10.0.2.136:40000: Sensor1 - Temperatura: 25.34°C"
+    logged = readingLog(events)
+    assert len(logged) == 51
+    assert logged[0] == (1718100942.5, "Received from 10.0.2.135:54812: t,sensor=a value=1,seq=0i")
+    assert logged[-1] == (1718100942.51, "Received from 10.0.2.136:40000: Sensor1 - Temperatura: 25.34°C")
     assert not clock.getDelayedCalls()
+
+
+def test_reading_log_skips_blank_and_refused_lines():
+    """
+    A blank line is not logged; a refused line is logged as refused, with
+    its reason, in its place among the readings.
+    """
+    factory, protocol, transport, clock, events = connect()
+    events.clear()
+    protocol.dataReceived(b"t,sensor=a value=1,seq=1i\n\r\nt,sensor=a value=x,seq=2i\nt,sensor=a value=3,seq=3i\n")
+    assert [text for _, text in readingLog(events)] == [
+        "Received from 10.0.2.135:54812: t,sensor=a value=1,seq=1i",
+        "Rejected from 10.0.2.135:54812 (value is not a number: 'x'): t,sensor=a value=x,seq=2i",
+        "Received from 10.0.2.135:54812: t,sensor=a value=3,seq=3i",
+    ]
+
+
+def test_a_flood_of_refused_lines_costs_a_bounded_number_of_log_events():
+    """
+    Past L{ChunkAccounting.maxRejectedLogged} refused lines in one chunk,
+    the rest are counted in one more event, not logged one by one; each is
+    still answered and counted.
+    """
+    factory, protocol, transport, clock, events = connect()
+    events.clear()
+    protocol.dataReceived(b"junk\n" * 100)
+    assert len(transport.value().splitlines()) == 100
+    assert sample(factory, "sensornet_lines_rejected_total", dialect="unknown") == 100
+    texts = [formatEvent(e) for e in events]
+    assert len(texts) == ChunkAccounting.maxRejectedLogged + 1
+    assert texts[-1] == "Rejected 90 more line(s) from 10.0.2.135:54812 in the same chunk, not logged one by one"
+
+
+def test_log_text_is_never_a_format_string():
+    """
+    Braces in a wire line are logged as they are, not taken for fields.
+    """
+    factory, protocol, transport, clock, events = connect()
+    events.clear()
+    protocol.dataReceived(b"t,sensor=a,x={peer}} value=1\nsensors.{a}.t nope 1\n")
+    assert [text for _, text in readingLog(events)] == [
+        "Received from 10.0.2.135:54812: t,sensor=a,x={peer}} value=1",
+        "Rejected from 10.0.2.135:54812 (value is not a number: 'nope'): sensors.{a}.t nope 1",
+    ]
 
 
 def test_connection_events_keep_their_place_in_the_reading_log():
     """
-    A connection closing flushes the reading lines before it, so the log
-    never shows a reading after its connection closed.
+    The log never shows a reading after its connection closed.
     """
     factory, protocol, transport, clock, events = connect()
     events.clear()
     protocol.dataReceived(b"t,sensor=a value=1,seq=1i\n")
     protocol.connectionLost(None)
-    texts = [str(e.get("text", e.get("log_format"))) for e in events]
-    assert texts[0].startswith("Received from 10.0.2.135:54812: ")
-    assert "closed" in texts[1]
+    texts = [formatEvent(e) for e in events]
+    assert texts == [
+        "Received from 10.0.2.135:54812: t,sensor=a value=1,seq=1i",
+        "Connection from 10.0.2.135:54812 closed",
+    ]
     assert not clock.getDelayedCalls()
 
 
 def test_reading_log_can_be_turned_off():
+    """
+    Without the reading log, readings are still counted and answered, and
+    refused lines still logged.
+    """
     factory, protocol, transport, clock, events = connect(logReadings=False)
-    protocol.dataReceived(b"t,sensor=a value=1,seq=1i\n")
-    clock.advance(factory.readingLogInterval)
-    assert [e for e in events if "text" in e] == []
-    assert transport.value() == b"ack 1\n"
+    events.clear()
+    protocol.dataReceived(b"t,sensor=a value=1,seq=1i\nnot a sensor reading\n")
+    assert [text.split(" (")[0] for _, text in readingLog(events)] == ["Rejected from 10.0.2.135:54812"]
+    assert transport.value().startswith(b"ack 1\nerror: ")
+    assert sample(factory, "sensornet_readings_received_total", dialect="native") == 1
+
+
+def test_oversized_line_is_counted_and_logged():
+    factory, protocol, transport, clock, events = connect()
+    events.clear()
+    protocol.dataReceived(b"x" * 5000)
+    assert sample(factory, "sensornet_lines_oversized_total") == 1
+    assert [formatEvent(e) for e in events] == [
+        "Closing connection from 10.0.2.135:54812: line longer than 4096 bytes"
+    ]
+
+
+def test_pause_reasons_are_named_constants_and_a_typo_is_an_error():
+    """
+    Pausing or resuming for anything but a L{PauseReason} raises, so a
+    misspelt reason can never pause a connection for good.
+    """
+    factory, protocol, transport, clock, events = connect()
+    with pytest.raises(TypeError):
+        protocol.pauseReading("server stopping")
+    with pytest.raises(TypeError):
+        protocol.resumeReading("server stopping")
+    with pytest.raises(AttributeError):
+        PauseReason.serverStoping
+    assert transport.producerState == "producing"
+    protocol.pauseReading(PauseReason.serverStopping)
+    assert transport.producerState == "paused"
+
+
+def test_seams_provide_their_interfaces():
+    """
+    The chunk observer, the pressure observer (the factory) and the
+    immediate sink provide the interfaces they are used through.
+    """
+    factory, protocol, transport, clock, events = connect()
+    assert verifyObject(IChunkObserver, factory.accounting)
+    assert verifyObject(IChunkObserver, ChunkAccounting(ServerMetrics()))
+    assert verifyObject(IPressureObserver, factory)
+    assert verifyObject(IReadingSink, ImmediateSink())
+
+
+def test_the_default_accounting_counts_on_the_factory_metrics():
+    """
+    A factory given no chunk observer makes its own on its metrics: what
+    the server's service relies on.
+    """
+    factory = SensorServerFactory(ImmediateSink(), Clock(), logReadings=False)
+    assert isinstance(factory.accounting, ChunkAccounting)
+    assert factory.logReadings is False
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(b"t,sensor=a value=1\n")
+    assert sample(factory, "sensornet_readings_received_total", dialect="native") == 1
 
 
 def test_connected_sensors_follow_connections():
@@ -325,4 +457,4 @@ def test_connected_sensors_follow_connections():
     assert set(factory.connectedSensors()) == {"a", "b"}
     protocol.connectionLost(None)
     assert set(factory.connectedSensors()) == set()
-    assert factory.metrics.connectionsOpen._value.get() == 0
+    assert sample(factory, "sensornet_connections_open") == 0

@@ -1,0 +1,129 @@
+"""
+Per-chunk accounting of sensor connections: the metrics and the reading log
+of what each chunk brought and how fast it was answered.
+
+A L{sensornet.protocol.SensorProtocol} tells its L{ChunkAccounting} (an
+L{IChunkObserver}) once per chunk, never once per line: metrics are updated
+once per chunk and dialect, and the reading log costs one small prebuilt
+event per reading (see L{sensornet.readinglog}). The protocol keeps the
+wire, the factory the state connections share.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from zope.interface import implementer
+
+from .interfaces import IChunkObserver
+from .metrics import ServerMetrics
+from .reading import DIALECTS, LineError, Reading
+from .readinglog import ReadingLog, escapeText
+
+__all__ = ["ChunkAccounting"]
+
+
+@implementer(IChunkObserver)
+class ChunkAccounting:
+    """
+    Counts readings and refused lines by dialect, observes acknowledgement
+    latency, and writes the reading log.
+
+    @ivar logReadings: Log each reading received (C{Received from PEER:
+        LINE}, the seed's C{log.txt}); refused lines and oversized lines are
+        logged whatever this says.
+    @cvar maxRejectedLogged: How many refused lines of one chunk are logged
+        one by one; the rest of them are counted in one more log line.
+    """
+
+    maxRejectedLogged = 10
+
+    def __init__(
+        self,
+        metrics: ServerMetrics,
+        logReadings: bool = True,
+        observer: ILogObserver = globalLogPublisher,
+    ) -> None:
+        """
+        @param metrics: The server's metrics, updated here.
+        @param observer: Where log events go; what twistd writes to its log
+            file by default.
+        """
+        self.metrics = metrics
+        self.logReadings = logReadings
+        self._log = Logger(namespace=__name__, observer=observer)
+        self._readingLog = ReadingLog(self._log)
+        # A reading always has one of DIALECTS; a refused line may be of
+        # none ("unknown").
+        self._received = {dialect: metrics.readingsReceived.labels(dialect) for dialect in DIALECTS}
+        self._rejected = {
+            dialect: metrics.linesRejected.labels(dialect) for dialect in DIALECTS + ("unknown",)
+        }
+        self._ackLatency = metrics.ackLatency
+
+    def chunkParsed(
+        self,
+        peer: str,
+        received: float,
+        lines: Sequence[bytes],
+        readings: Sequence[Reading],
+        rejected: Sequence[Tuple[int, LineError]],
+    ) -> None:
+        """
+        See L{IChunkObserver.chunkParsed}.
+        """
+        if readings:
+            if len(readings) == 1:
+                self._received[readings[0].dialect].inc()
+            else:
+                counts: Dict[str, int] = {}
+                for reading in readings:
+                    counts[reading.dialect] = counts.get(reading.dialect, 0) + 1
+                for dialect, count in counts.items():
+                    self._received[dialect].inc(count)
+        log = self._readingLog
+        logReadings = self.logReadings and readings
+        if not rejected:
+            if logReadings:
+                # A line not refused is a reading, or blank (what every
+                # dialect takes for blank: nothing but ASCII whitespace).
+                log.received(peer, received, lines if len(readings) == len(lines) else _nonBlank(lines))
+            return
+        unknown = self._rejected["unknown"]
+        for _, error in rejected:
+            self._rejected.get(error.dialect, unknown).inc()
+        # The rare chunk with refused lines: logged in line order.
+        limit = self.maxRejectedLogged
+        start = 0
+        for logged, (index, error) in enumerate(rejected):
+            if logReadings and index > start:
+                log.received(peer, received, _nonBlank(lines[start:index]))
+            start = index + 1
+            if logged < limit:
+                log.rejected(peer, received, lines[index], error)
+        if logReadings:
+            log.received(peer, received, _nonBlank(lines[start:]))
+        if len(rejected) > limit:
+            log.rejectedUnlogged(peer, received, len(rejected) - limit)
+
+    def chunksAnswered(self, latencies: List[float]) -> None:
+        """
+        See L{IChunkObserver.chunksAnswered}.
+        """
+        observe = self._ackLatency.observe
+        for latency in latencies:
+            observe(latency)
+
+    def lineTooLong(self, peer: str, limit: int) -> None:
+        """
+        See L{IChunkObserver.lineTooLong}.
+        """
+        self.metrics.linesOversized.inc()
+        self._log.warn(
+            "Closing connection from {peer}: line longer than {max} bytes", peer=escapeText(peer), max=limit
+        )
+
+
+def _nonBlank(lines: Sequence[bytes]) -> List[bytes]:
+    return [line for line in lines if line.strip()]
