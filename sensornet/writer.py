@@ -26,7 +26,7 @@ in one L{_Core}::
     Unstarted        not started yet; submissions wait   start -> Opening; stop -> Stopped
     Opening          opening the store on the runner     opened -> Idle; failed -> BackingOff
     BackingOff       waiting to try opening again        retry due -> Opening
-    Idle             store open, nothing in flight       submit -> Gathering; write now -> Writing
+    Idle             store open, nothing in flight       queued -> Gathering; write now -> Writing
                                                          (drained: stays)
     Gathering        waiting maxDelay for more readings  write now (full, or timer) -> Writing
     Writing          one batch in flight                 written -> Idle; failed -> BackingOff
@@ -42,8 +42,10 @@ in one L{_Core}::
 
 C{stop} takes each running state to its C{Drain...} twin (Idle and
 Gathering to Draining) and starts the C{stopTimeout} deadline; C{start},
-C{stop} and C{submit} are accepted in every state, so the public methods
-never raise.
+C{stop} and C{readingsQueued} are accepted in every state, so the public
+methods never raise. A submission is not an input: it is data added to the
+queue, and the machine is told only at the queue's edges (empty to not
+empty, or a full batch reached), so its cost is per batch, not per chunk.
 
 Why Automat rather than a hand-written table: it is the tool Twisted's own
 lifecycles use, every (state, input) pair is declared in one place, and an
@@ -75,11 +77,10 @@ again meanwhile has a runner of its own.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol
 
 from automat import TypeMachineBuilder
 from twisted.application.service import Service
@@ -89,343 +90,32 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .batching import (
+    Batch,
+    Call,
+    Outcome,
+    Pressure,
+    SubmissionQueue,
+    countOutcome,
+    fire,
+    fireAll,
+    logOutcome,
+    newlyStored,
+    openStore,
+    settle,
+    writeBatch,
+)
 from .feed import LiveFeed
 from .interfaces import IBlockingRunner, IPressureObserver, IReadingSink, IStore
 from .metrics import ServerMetrics
 from .reading import Reading
-from .store import StoreRejected, StoreUnavailable, parseStoreURL, redactURL, storeFromURL
+from .store import StoreUnavailable, parseStoreURL, redactURL, storeFromURL
 from .store.threads import WorkerThreads
 
 __all__ = ["BatchWriter"]
 
 _STOPPED = "the store writer has stopped"
 _GAVE_UP = "not stored: the server is stopping and the store is unavailable"
-
-
-class _Call:
-    """
-    One L{BatchWriter.submit} call: its readings, how far they have been
-    taken into batches, and what became of them.
-    """
-
-    __slots__ = ("readings", "deferred", "taken", "inFlight", "rejected", "done")
-
-    def __init__(self, readings: Sequence[Reading], deferred: "Deferred[Dict[int, str]]") -> None:
-        self.readings = readings
-        self.deferred = deferred
-        self.taken = 0
-        self.inFlight = 0
-        self.rejected: Dict[int, str] = {}
-        self.done = False
-
-
-class _Outcome:
-    """
-    What the runner did with one batch (possibly in several transactions,
-    when bad readings had to be isolated).
-
-    @ivar failed: Ranges (start, end) of batch indexes left uncommitted by a
-        transient failure, whose details are in C{error}.
-    @ivar unexpected: A L{Failure} for an exception that is not a
-        L{sensornet.store.StoreError} (a bug), handled like a transient one.
-    """
-
-    __slots__ = ("stored", "duplicates", "duplicateIndexes", "rejected", "failed", "error", "unexpected", "seconds")
-
-    def __init__(self) -> None:
-        self.stored = 0
-        self.duplicates = 0
-        self.duplicateIndexes: List[int] = []
-        self.rejected: Dict[int, str] = {}
-        self.failed: List[Tuple[int, int]] = []
-        self.error: Optional[BaseException] = None
-        self.unexpected: Optional[Failure] = None
-        self.seconds = 0.0
-
-    @classmethod
-    def runnerFailed(cls, failure: Failure, size: int) -> "_Outcome":
-        """
-        The runner itself failed (not the store): nothing of a batch of
-        C{size} readings is known to be stored.
-        """
-        outcome = cls()
-        outcome.failed = [(0, size)]
-        outcome.error = StoreUnavailable("store writer failed")
-        outcome.unexpected = failure
-        return outcome
-
-
-def _writeBatch(store: IStore, batch: List[Reading]) -> _Outcome:
-    """
-    Commit C{batch} (on the runner's thread). When the store rejects it, the
-    batch is split in halves, recursively, down to single readings, so
-    that only the readings the store refuses are left out and every other
-    one is committed. A transient failure stops everything: what was not
-    committed by then is reported in C{failed}, and the store is closed.
-    """
-    outcome = _Outcome()
-    started = time.perf_counter()
-    pending = [(0, len(batch))]
-    while pending:
-        start, end = pending.pop()
-        try:
-            result = store.write(batch if end - start == len(batch) else batch[start:end])
-        except StoreRejected as e:
-            if end - start == 1:
-                outcome.rejected[start] = (str(e) or "rejected by the store").replace("\n", " ")
-            else:
-                middle = (start + end) // 2
-                # Left half first, so readings commit in their order.
-                pending.append((middle, end))
-                pending.append((start, middle))
-            continue
-        except StoreUnavailable as e:
-            outcome.error = e
-        except Exception as e:
-            outcome.error = StoreUnavailable(f"unexpected error in the store: {e!r}")
-            outcome.unexpected = Failure()
-        else:
-            outcome.stored += result.stored
-            outcome.duplicates += result.duplicates
-            outcome.duplicateIndexes.extend(start + index for index in result.duplicateIndexes)
-            continue
-        outcome.failed.append((start, end))
-        outcome.failed.extend(pending)
-        store.close()
-        break
-    outcome.seconds = time.perf_counter() - started
-    return outcome
-
-
-def _openStore(factory: Callable[[str], IStore], url: str) -> IStore:
-    """
-    Make and open the store (on the runner's thread); closed again if
-    opening fails.
-    """
-    store = factory(url)
-    try:
-        store.open()
-    except BaseException:
-        store.close()
-        raise
-    return store
-
-
-class _Batch:
-    """
-    The readings of one transaction, and where each run of them came from:
-    C{segments} holds (call, index in the call, index in the batch, count).
-    """
-
-    __slots__ = ("readings", "segments")
-
-    def __init__(self, readings: List[Reading], segments: List[Tuple[_Call, int, int, int]]) -> None:
-        self.readings = readings
-        self.segments = segments
-
-
-class _Queue:
-    """
-    The submissions waiting, oldest first.
-
-    @ivar queued: Readings waiting, not yet taken into a batch.
-    """
-
-    def __init__(self) -> None:
-        self._calls: Deque[_Call] = deque()
-        self.queued = 0
-
-    def add(self, call: _Call) -> None:
-        self._calls.append(call)
-        self.queued += len(call.readings)
-
-    def take(self, most: int) -> _Batch:
-        """
-        The next batch: up to C{most} readings, oldest first, skipping calls
-        already settled.
-        """
-        readings: List[Reading] = []
-        segments: List[Tuple[_Call, int, int, int]] = []
-        room = most
-        calls = self._calls
-        while calls and room:
-            call = calls[0]
-            if call.done:
-                calls.popleft()
-                continue
-            start = call.taken
-            take = min(len(call.readings) - start, room)
-            segments.append((call, start, len(readings), take))
-            if start == 0 and take == len(call.readings):
-                readings.extend(call.readings)
-            else:
-                readings.extend(call.readings[start : start + take])
-            call.taken += take
-            call.inFlight += take
-            room -= take
-            if call.taken == len(call.readings):
-                calls.popleft()
-        self.queued -= len(readings)
-        return _Batch(readings, segments)
-
-    def drop(self, call: _Call) -> None:
-        """
-        Settle C{call} without storing the rest of it: its readings not yet
-        taken leave the queue.
-        """
-        call.done = True
-        untaken = len(call.readings) - call.taken
-        if untaken:
-            self.queued -= untaken
-            call.taken = len(call.readings)
-
-    def clear(self) -> List[_Call]:
-        """
-        Empty the queue; returns the calls that were not settled yet (they
-        are not settled by this).
-        """
-        calls = [call for call in self._calls if not call.done]
-        self._calls.clear()
-        return calls
-
-
-class _Pressure:
-    """
-    Backpressure: whether the backlog is over the high-water mark, with
-    hysteresis down to the low-water mark, and who to tell.
-    """
-
-    def __init__(self, highWater: int, lowWater: int) -> None:
-        self.highWater = highWater
-        self.lowWater = lowWater
-        self.overloaded = False
-        self.observers: List[IPressureObserver] = []
-
-    def crossed(self, backlog: int) -> Optional[bool]:
-        """
-        Note the new C{backlog}; returns C{True} when it just crossed the
-        high-water mark, C{False} when it just fell below the low-water
-        mark, else L{None}.
-        """
-        if not self.overloaded and backlog > self.highWater:
-            self.overloaded = True
-            return True
-        if self.overloaded and backlog < self.lowWater:
-            self.overloaded = False
-            return False
-        return None
-
-    def tell(self, overloaded: bool, log: Logger) -> None:
-        """
-        Call every observer's C{writerOverloaded} or C{writerRecovered}; one
-        that raises is logged and does not stop the others.
-        """
-        for observer in list(self.observers):
-            try:
-                if overloaded:
-                    observer.writerOverloaded()
-                else:
-                    observer.writerRecovered()
-            except Exception:
-                log.failure("Pressure observer {observer!r} failed", observer=observer)
-
-
-# -- what becomes of a batch: one concern each -------------------------------
-
-
-def _countOutcome(metrics: ServerMetrics, outcome: _Outcome, size: int) -> None:
-    """
-    Metrics for one batch of C{size} readings.
-    """
-    if outcome.stored or outcome.duplicates:
-        metrics.readingsStored.inc(outcome.stored)
-        metrics.readingsDuplicate.inc(outcome.duplicates)
-        metrics.batchSize.observe(size)
-        metrics.commitSeconds.observe(outcome.seconds)
-    if outcome.error is not None:
-        metrics.commitFailures.inc()
-
-
-def _logOutcome(log: Logger, outcome: _Outcome) -> None:
-    """
-    Log what went wrong with one batch, if anything did.
-    """
-    if outcome.error is not None:
-        lost = sum(end - start for start, end in outcome.failed)
-        if outcome.unexpected is not None:
-            log.failure(
-                "Store write failed: {lost} readings not stored, none of them acknowledged",
-                outcome.unexpected, lost=lost,
-            )
-        else:
-            log.warn(
-                "Store write failed: {lost} readings not stored, none of them acknowledged: {error}",
-                lost=lost, error=str(outcome.error),
-            )
-    if outcome.rejected:
-        log.warn(
-            "Store refused {n} readings for good (reported to their senders), e.g. {example}",
-            n=len(outcome.rejected), example=next(iter(outcome.rejected.values())),
-        )
-
-
-def _newlyStored(readings: List[Reading], outcome: _Outcome) -> List[Reading]:
-    """
-    The readings of a batch that this batch stored (not duplicates, not
-    refused, not lost to a failure): what the live feed gets.
-    """
-    if not outcome.stored:
-        return []
-    if outcome.stored == len(readings):
-        return readings
-    left = set(outcome.duplicateIndexes)
-    left.update(outcome.rejected)
-    for start, end in outcome.failed:
-        left.update(range(start, end))
-    return [reading for index, reading in enumerate(readings) if index not in left]
-
-
-def _settle(queue: _Queue, batch: _Batch, outcome: _Outcome) -> List[Tuple[_Call, Optional[str]]]:
-    """
-    Record C{outcome} in the calls that had readings in C{batch}; returns
-    the calls now settled, each with L{None} (stored: fire with its
-    C{rejected}) or why it failed.
-    """
-    settled: List[Tuple[_Call, Optional[str]]] = []
-    failed, rejected = outcome.failed, outcome.rejected
-    for call, start, batchStart, take in batch.segments:
-        call.inFlight -= take
-        if call.done:
-            continue
-        batchEnd = batchStart + take
-        if failed and any(s < batchEnd and batchStart < e for s, e in failed):
-            queue.drop(call)
-            settled.append((call, f"not stored, the store failed: {outcome.error}"))
-            continue
-        if rejected:
-            for index, reason in rejected.items():
-                if batchStart <= index < batchEnd:
-                    call.rejected[start + index - batchStart] = reason
-        if call.taken == len(call.readings) and call.inFlight == 0:
-            call.done = True
-            settled.append((call, None))
-    return settled
-
-
-def _fire(call: _Call, why: Optional[str]) -> None:
-    """
-    Fire C{call}'s Deferred: with its rejected readings, or, given C{why},
-    with L{StoreUnavailable}.
-    """
-    if why is None:
-        call.deferred.callback(call.rejected)
-    else:
-        call.deferred.errback(StoreUnavailable(why))
-
-
-def _fireAll(waiters: List["Deferred[None]"]) -> None:
-    for d in waiters:
-        d.callback(None)
 
 
 # -- the state machine ----------------------------------------------------------
@@ -479,13 +169,13 @@ class _Inputs(Protocol):
         over, or readings waited while the store was busy or opening.
         """
 
-    def _batchWritten(self, outcome: _Outcome) -> None:
+    def _batchWritten(self, outcome: Outcome) -> None:
         """
         The batch in flight is done without a transient failure (readings
         may have been refused for good).
         """
 
-    def _batchFailed(self, outcome: _Outcome) -> None:
+    def _batchFailed(self, outcome: Outcome) -> None:
         """
         The batch in flight failed transiently; the runner closed the store.
         """
@@ -523,17 +213,17 @@ class _Core:
     clock: IReactorTime
     metrics: ServerMetrics
     feed: Optional[LiveFeed]
-    pressure: _Pressure
+    pressure: Pressure
     maxBatch: int
     maxDelay: float
     stopTimeout: float
     initialBackoff: float
     maxBackoff: float
     log: Logger
-    queue: _Queue = field(default_factory=_Queue)
+    queue: SubmissionQueue = field(default_factory=SubmissionQueue)
     runner: Optional[IBlockingRunner] = None
     store: Optional[IStore] = None
-    batch: Optional[_Batch] = None
+    batch: Optional[Batch] = None
     backoff: float = 0.0
     retry: Optional[IDelayedCall] = None
     gather: Optional[IDelayedCall] = None
@@ -604,7 +294,7 @@ class _Core:
             )
         self.later(self.pressure.tell, crossed, self.log)
 
-    def enqueue(self, call: _Call) -> None:
+    def enqueue(self, call: Call) -> None:
         self.queue.add(call)
         self.backlogChanged()
 
@@ -647,7 +337,7 @@ class _Core:
             if not call.done:
                 unstored += len(call.readings) - (call.taken - call.inFlight)
                 self.queue.drop(call)
-                self.later(_fire, call, why)
+                self.later(fire, call, why)
         self.queue.queued = 0
         self.backlogChanged()
         return unstored
@@ -694,7 +384,7 @@ def _open(c: _Inputs, s: _Core) -> None:
         else:
             _closeAbandoned(s, runner, None)
 
-    runner.run(_openStore, s.storeFactory, s.storeURL).addCallbacks(opened, failed)
+    runner.run(openStore, s.storeFactory, s.storeURL).addCallbacks(opened, failed)
 
 
 def _write(c: _Inputs, s: _Core) -> None:
@@ -705,7 +395,7 @@ def _write(c: _Inputs, s: _Core) -> None:
     assert runner is not None and store is not None
     batch = s.batch = s.queue.take(s.maxBatch)
 
-    def written(outcome: _Outcome) -> None:
+    def written(outcome: Outcome) -> None:
         if s.runner is not runner:
             _closeAbandoned(s, runner, store)
         elif outcome.error is None:
@@ -714,12 +404,12 @@ def _write(c: _Inputs, s: _Core) -> None:
             s.dispatch(c._batchFailed, outcome)
 
     def failed(failure: Failure) -> None:
-        written(_Outcome.runnerFailed(failure, len(batch.readings)))
+        written(Outcome.runnerFailed(failure, len(batch.readings)))
 
-    runner.run(_writeBatch, store, batch.readings).addCallbacks(written, failed)
+    runner.run(writeBatch, store, batch.readings).addCallbacks(written, failed)
 
 
-def _settleBatch(s: _Core, outcome: _Outcome) -> None:
+def _settleBatch(s: _Core, outcome: Outcome) -> None:
     """
     The batch in flight is done: metrics, logs, then (in this order, once
     the machine is at rest) the live feed, the pressure observers and the
@@ -728,16 +418,16 @@ def _settleBatch(s: _Core, outcome: _Outcome) -> None:
     """
     batch, s.batch = s.batch, None
     assert batch is not None
-    _countOutcome(s.metrics, outcome, len(batch.readings))
-    _logOutcome(s.log, outcome)
+    countOutcome(s.metrics, outcome, len(batch.readings))
+    logOutcome(s.log, outcome)
     if s.feed is not None:
-        stored = _newlyStored(batch.readings, outcome)
+        stored = newlyStored(batch.readings, outcome)
         if stored:
             s.later(s.feed.publish, stored)
-    settled = _settle(s.queue, batch, outcome)
+    settled = settle(s.queue, batch, outcome)
     s.backlogChanged()
     for call, why in settled:
-        s.later(_fire, call, why)
+        s.later(fire, call, why)
 
 
 def _startRun(c: _Inputs, s: _Core) -> None:
@@ -774,7 +464,7 @@ def _finish(c: _Inputs, s: _Core) -> None:
     def done(result: object) -> None:
         if s.closeWaiters is waiters:
             s.closeWaiters = None
-        s.later(_fireAll, waiters)
+        s.later(fireAll, waiters)
 
     closed.addBoth(done)
     if s.startAgain:
@@ -802,7 +492,7 @@ def _gaveUp(c: _Inputs, s: _Core, inFlight: bool) -> None:
         runner.stop()
     s.failOpenWaiters()
     waiters, s.stopWaiters = s.stopWaiters, []
-    s.later(_fireAll, waiters)
+    s.later(fireAll, waiters)
     if s.startAgain:
         c.start()
 
@@ -877,7 +567,7 @@ def _makeMachine() -> Callable[[_Core], _Inputs]:
         if not s.opened:
             s.opened = True
             waiting, s.openWaiters = s.openWaiters, []
-            s.later(_fireAll, waiting)
+            s.later(fireAll, waiting)
 
     @Opening.upon(_Inputs._storeOpened).to(Idle)
     @DrainOpening.upon(_Inputs._storeOpened).to(Draining)
@@ -917,13 +607,13 @@ def _makeMachine() -> Callable[[_Core], _Inputs]:
 
     @Writing.upon(_Inputs._batchWritten).to(Idle)
     @DrainWriting.upon(_Inputs._batchWritten).to(Draining)
-    def written(c: _Inputs, s: _Core, outcome: _Outcome) -> None:
+    def written(c: _Inputs, s: _Core, outcome: Outcome) -> None:
         _settleBatch(s, outcome)
         carryOn(c, s)
 
     @Writing.upon(_Inputs._batchFailed).to(BackingOff)
     @DrainWriting.upon(_Inputs._batchFailed).to(DrainBackingOff)
-    def writeFailed(c: _Inputs, s: _Core, outcome: _Outcome) -> None:
+    def writeFailed(c: _Inputs, s: _Core, outcome: Outcome) -> None:
         # The runner closed the store; reopen it before the next batch.
         s.store = None
         _settleBatch(s, outcome)
@@ -1084,7 +774,7 @@ class BatchWriter(Service):
         self.highWater = highWater
         self.lowWater = lowWater
         self.stopTimeout = stopTimeout
-        self._pressure = _Pressure(highWater, lowWater)
+        self._pressure = Pressure(highWater, lowWater)
         self._core = _Core(
             storeURL=storeURL,
             storeFactory=storeFactory,
@@ -1155,7 +845,7 @@ class BatchWriter(Service):
         core = self._core
         queue = core.queue
         before = queue.queued
-        core.enqueue(_Call(readings, d))
+        core.enqueue(Call(readings, d))
         maxBatch = core.maxBatch
         if not before or before < maxBatch <= queue.queued:
             core.dispatch(self._machine.readingsQueued)

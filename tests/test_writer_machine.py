@@ -192,7 +192,7 @@ class Harness:
         Start the writer and let it open its store.
         """
         self.writer.startService()
-        assert self.runner.pending() == ["_openStore"]
+        assert self.runner.pending() == ["openStore"]
         self.runner.runNext()
         assert self.writer.whenOpen().called
         return self.writer
@@ -257,7 +257,7 @@ def test_idle_writer_gathers_readings_for_max_delay() -> None:
     harness.clock.advance(0.19)
     assert harness.runner.pending() == []
     harness.clock.advance(0.01)
-    assert harness.runner.pending() == ["_writeBatch"]
+    assert harness.runner.pending() == ["writeBatch"]
     assert not first.called and writer.backlog == 3
     harness.runner.runNext()
     assert outcome(first) == {} and outcome(second) == {}
@@ -276,7 +276,7 @@ def test_full_batch_is_written_at_once() -> None:
     d = writer.submit(readings("a", 2))
     assert harness.runner.pending() == []
     writer.submit(readings("b", 1))
-    assert harness.runner.pending() == ["_writeBatch"]
+    assert harness.runner.pending() == ["writeBatch"]
     assert harness.clock.getDelayedCalls() == []
     harness.runner.runNext()
     assert outcome(d) == {}
@@ -295,11 +295,11 @@ def test_busy_writer_accumulates_then_takes_up_to_max_batch() -> None:
     b = writer.submit(readings("b", 3))
     c = writer.submit(readings("c", 3))
     d = writer.submit(readings("d", 1))
-    assert harness.runner.pending() == ["_writeBatch"]
+    assert harness.runner.pending() == ["writeBatch"]
     assert writer.backlog == 11
     harness.runner.runNext()
     assert a.called and not b.called
-    assert harness.runner.pending() == ["_writeBatch"]
+    assert harness.runner.pending() == ["writeBatch"]
     harness.runner.runNext()
     assert b.called and not c.called
     harness.runner.runNext()
@@ -326,7 +326,7 @@ def test_open_failure_backs_off_doubling_up_to_max_backoff() -> None:
         delays.append(harness.nextDelay())
         assert harness.runner.pending() == []
         harness.clock.advance(delays[-1])
-        assert harness.runner.pending() == ["_openStore"]
+        assert harness.runner.pending() == ["openStore"]
     assert delays == [1.0, 2.0, 4.0, 5.0, 5.0]
     assert not writer.whenOpen().called and not d.called
     harness.runner.runNext()
@@ -362,10 +362,10 @@ def test_write_failure_fails_callers_then_reopens_after_backoff() -> None:
     assert harness.runner.pending() == []
     harness.stores.down = False
     harness.clock.advance(0.01)
-    assert harness.runner.pending() == ["_openStore"]
+    assert harness.runner.pending() == ["openStore"]
     harness.runner.runNext()
     assert len(harness.stores.made) == 2
-    assert harness.runner.pending() == ["_writeBatch"]
+    assert harness.runner.pending() == ["writeBatch"]
     harness.runner.runNext()
     assert outcome(waiting) == {}
     assert harness.stores.written == [readings("b", 2)]
@@ -385,7 +385,7 @@ def test_runner_failure_is_handled_like_a_store_failure() -> None:
     assert isinstance(outcome(d), StoreUnavailable)
     assert harness.nextDelay() == 1.0
     harness.clock.advance(1.0)
-    assert harness.runner.pending() == ["_openStore"]
+    assert harness.runner.pending() == ["openStore"]
 
 
 def test_rejected_readings_reported_per_index_the_rest_committed() -> None:
@@ -476,7 +476,7 @@ def test_submissions_before_start_wait_for_the_store() -> None:
     harness = Harness(maxDelay=10)
     d = harness.writer.submit(readings("a", 2))
     harness.started()
-    assert harness.runner.pending() == ["_writeBatch"]
+    assert harness.runner.pending() == ["writeBatch"]
     harness.runner.runNext()
     assert outcome(d) == {}
 
@@ -501,7 +501,7 @@ def test_callbacks_may_submit_and_stop_again() -> None:
     first = writer.submit(readings("a", 2)).addCallback(again)
     harness.runner.runNext()
     assert seen == [1]
-    assert harness.runner.pending() == ["_writeBatch"]
+    assert harness.runner.pending() == ["writeBatch"]
     harness.runner.runNext()
     assert outcome(first) == {}
     harness.runner.runAll()
@@ -521,7 +521,7 @@ def test_stop_commits_everything_queued_then_closes() -> None:
     a = writer.submit(readings("a", 3))
     b = writer.submit(readings("b", 1))
     stopped = writer.stopService()
-    assert harness.runner.pending() == ["_writeBatch"]
+    assert harness.runner.pending() == ["writeBatch"]
     harness.runner.runNext()
     harness.runner.runNext()
     assert outcome(a) == {} and outcome(b) == {}
@@ -622,7 +622,7 @@ def test_write_in_flight_when_giving_up_closes_its_store() -> None:
     writer = harness.started()
     d = writer.submit(readings("a", 1))
     harness.clock.advance(writer.maxDelay)
-    assert harness.runner.pending() == ["_writeBatch"]
+    assert harness.runner.pending() == ["writeBatch"]
     stopped = writer.stopService()
     harness.clock.advance(2.0)
     assert outcome(stopped) is None
@@ -675,7 +675,7 @@ def test_start_while_stopping_starts_again_once_stopped() -> None:
     first.runAll()
     assert outcome(d) == {} and outcome(stopped) is None
     assert first.stopped and harness.stores.made[0].closed
-    assert len(harness.runners) == 2 and harness.runner.pending() == ["_openStore"]
+    assert len(harness.runners) == 2 and harness.runner.pending() == ["openStore"]
     harness.runner.runNext()
     late = writer.submit(readings("b", 1))
     harness.clock.advance(writer.maxDelay)
