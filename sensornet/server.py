@@ -26,10 +26,10 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 
 from .feed import LiveFeed
-from .interfaces import IStoreQueries
+from .interfaces import IReadingSink, IStoreQueries
 from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
-from .protocol import ImmediateSink, SensorProtocol, SensorServerFactory
+from .protocol import ImmediateSink, PauseReason, SensorProtocol, SensorServerFactory
 from .store import DEFAULT_STORE, redactURL
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class SensorServerService(MultiService):
         self.web: Optional[ListeningService] = None
         self.site: Optional[WebSite] = None
         self._webConnections: Optional[OpenConnections] = None
-        sink: Any
+        sink: IReadingSink
         if config.store == "none":
             sink = ImmediateSink()
         else:
@@ -184,7 +184,7 @@ class SensorServerService(MultiService):
         yield defer.DeferredList([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
         protocols = list(self.factory.protocols)
         for protocol in protocols:
-            protocol.pauseReading("server stopping")
+            protocol.pauseReading(PauseReason.serverStopping)
         if self.writer is not None:
             # Commits what is queued; acknowledgements are written as their
             # batches commit.
