@@ -303,6 +303,17 @@ def readingLog(events):
     ]
 
 
+def readingLogOf(data):
+    """
+    The text of the reading log's events for C{data} sent on a new
+    connection.
+    """
+    factory, protocol, transport, clock, events = connect()
+    events.clear()
+    protocol.dataReceived(data)
+    return [text for _, text in readingLog(events)]
+
+
 def test_reading_log_is_one_event_per_reading_in_the_seed_shape():
     """
     Every reading line is logged as its own event, "Received from PEER:
@@ -330,10 +341,8 @@ def test_reading_log_skips_blank_and_refused_lines():
     A blank line is not logged; a refused line is logged as refused, with
     its reason, in its place among the readings.
     """
-    factory, protocol, transport, clock, events = connect()
-    events.clear()
-    protocol.dataReceived(b"t,sensor=a value=1,seq=1i\n\r\nt,sensor=a value=x,seq=2i\nt,sensor=a value=3,seq=3i\n")
-    assert [text for _, text in readingLog(events)] == [
+    data = b"t,sensor=a value=1,seq=1i\n\r\nt,sensor=a value=x,seq=2i\nt,sensor=a value=3,seq=3i\n"
+    assert readingLogOf(data) == [
         "Received from 10.0.2.135:54812: t,sensor=a value=1,seq=1i",
         "Rejected from 10.0.2.135:54812 (value is not a number: 'x'): t,sensor=a value=x,seq=2i",
         "Received from 10.0.2.135:54812: t,sensor=a value=3,seq=3i",
@@ -360,10 +369,7 @@ def test_log_text_is_never_a_format_string():
     """
     Braces in a wire line are logged as they are, not taken for fields.
     """
-    factory, protocol, transport, clock, events = connect()
-    events.clear()
-    protocol.dataReceived(b"t,sensor=a,x={peer}} value=1\nsensors.{a}.t nope 1\n")
-    assert [text for _, text in readingLog(events)] == [
+    assert readingLogOf(b"t,sensor=a,x={peer}} value=1\nsensors.{a}.t nope 1\n") == [
         "Received from 10.0.2.135:54812: t,sensor=a,x={peer}} value=1",
         "Rejected from 10.0.2.135:54812 (value is not a number: 'nope'): sensors.{a}.t nope 1",
     ]
