@@ -13,7 +13,7 @@ def graphite(sensor, kind, value, unit, ts):
     return Reading(sensor, kind, value, unit, ts, None, "graphite")
 
 
-def test_issueExample():
+def test_issue_example():
     """
     The issue's example: the component before the last names the sensor,
     the last the kind, and the unit is implied.
@@ -22,7 +22,7 @@ def test_issueExample():
     assert parseLine(line) == graphite("client-1", "temperature", 25.34, "C", 1718100942.0)
 
 
-def test_pathForms():
+def test_path_forms():
     """
     Earlier components are ignored, two are enough, the kind is lower-cased,
     and Graphite tags after C{;} are ignored.

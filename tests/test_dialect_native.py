@@ -27,7 +27,7 @@ def both(line):
     return result
 
 
-def test_issueExample():
+def test_issue_example():
     """
     The issue's example line gives every field of the reading, with the
     nanosecond timestamp turned into float seconds.
@@ -35,7 +35,7 @@ def test_issueExample():
     assert both(EXAMPLE) == native("client-1", "temperature", 25.34, "C", 1718100942123456789 / 1e9, 42)
 
 
-def test_minimalLine():
+def test_minimal_line():
     """
     Without unit, seq and timestamp the unit is implied by the kind and seq
     and ts are None.
@@ -45,14 +45,14 @@ def test_minimalLine():
     assert both(b"pressure,sensor=a value=1013") == native("a", "pressure", 1013.0, "")
 
 
-def test_carriageReturnIgnored():
+def test_carriage_return_ignored():
     """
     A line ended by CR LF parses like one ended by LF.
     """
     assert parseLine(EXAMPLE + b"\r") == parseLine(EXAMPLE)
 
 
-def test_measurementLowerCased():
+def test_measurement_lower_cased():
     """
     The kind is the measurement in lower case, and so is the implied unit's
     lookup.
@@ -60,7 +60,7 @@ def test_measurementLowerCased():
     assert both(b"Temperature,sensor=A value=1") == native("A", "temperature", 1.0, "C")
 
 
-def test_hostTagFallback():
+def test_host_tag_fallback():
     """
     Without a sensor tag the host tag names the sensor; with both, sensor
     wins.
@@ -69,7 +69,7 @@ def test_hostTagFallback():
     assert both(b"cpu,host=h,sensor=s value=3").sensor == "s"
 
 
-def test_otherTagsAndOrders():
+def test_other_tags_and_orders():
     """
     Extra tags are ignored; tags and fields may come in any order.
     """
@@ -77,7 +77,7 @@ def test_otherTagsAndOrders():
     assert both(line) == native("s", "temperature", 20.5, "C", 1.0, 7)
 
 
-def test_otherFieldKeyExtendsKind():
+def test_other_field_key_extends_kind():
     """
     A value field with a key other than C{value} makes the kind
     C{measurement.key}.
@@ -99,7 +99,7 @@ def test_otherFieldKeyExtendsKind():
         (b"1e300", 1e300),
     ],
 )
-def test_numericValues(field, expected):
+def test_numeric_values(field, expected):
     """
     Integer (C{i}), unsigned (C{u}) and float values all become floats.
     """
@@ -107,7 +107,7 @@ def test_numericValues(field, expected):
     assert result == native("a", "m", expected)
 
 
-def test_unsignedSeq():
+def test_unsigned_seq():
     """
     seq may be written as an unsigned integer too.
     """
@@ -115,14 +115,14 @@ def test_unsignedSeq():
     assert both(b"m,sensor=a value=1,seq=9223372036854775807i").seq == 2**63 - 1
 
 
-def test_negativeTimestamp():
+def test_negative_timestamp():
     """
     Timestamps before 1970 are negative nanoseconds.
     """
     assert both(b"m,sensor=a value=1 -1500000000").ts == -1.5
 
 
-def test_escapesInNames():
+def test_escapes_in_names():
     """
     Backslash escapes commas and spaces in the measurement, and commas,
     equals signs and spaces in tag keys and values; two backslashes stand
@@ -136,7 +136,7 @@ def test_escapesInNames():
     assert both(rb"m,sensor=a val\ ue=1").kind == "m.val ue"
 
 
-def test_quotedStringsAreTokenisedProperly():
+def test_quoted_strings_are_tokenised_properly():
     """
     A quoted string may hold commas, spaces, equals signs, escaped quotes
     and backslashes: the line still splits at the right places, so the
@@ -146,7 +146,7 @@ def test_quotedStringsAreTokenisedProperly():
     assert both(line) == LineError("value is a string, not a number", 3, "native")
 
 
-def test_utf8Names():
+def test_utf8_names():
     """
     Names may hold any printable Unicode, written as UTF-8.
     """
@@ -209,7 +209,7 @@ def test_errors(line, message, seq):
     assert both(line) == LineError(message, seq, "native")
 
 
-def test_limitsAreInclusive():
+def test_limits_are_inclusive():
     """
     A sensor name of 128 characters, a kind of 64 and a unit of 16 are
     accepted.
@@ -218,7 +218,7 @@ def test_limitsAreInclusive():
     assert both(line) == native("s" * 128, "k" * 64, 1.0, "u" * 16)
 
 
-def test_formatNativeExample():
+def test_format_native_example():
     """
     formatNative writes the issue's example line (the timestamp rounded to
     what a float holds), and it reads back as the same reading.
@@ -229,14 +229,14 @@ def test_formatNativeExample():
     assert parseLine(line) == reading
 
 
-def test_formatNativeOptionalParts():
+def test_format_native_optional_parts():
     """
     Without unit, seq and timestamp those parts are left out.
     """
     assert formatNative(native("a", "pressure", 1013.0)) == b"pressure,sensor=a value=1013.0"
 
 
-def test_formatNativeEscapes():
+def test_format_native_escapes():
     """
     formatNative escapes what the line protocol needs escaped, and the line
     reads back as the same reading.
@@ -259,7 +259,7 @@ def test_formatNativeEscapes():
         native("a", "m", 1.0, ts=1e300),
     ],
 )
-def test_formatNativeRefusesWhatCannotBeWritten(reading):
+def test_format_native_refuses_what_cannot_be_written(reading):
     """
     formatNative refuses readings no valid line can carry.
     """
@@ -267,7 +267,7 @@ def test_formatNativeRefusesWhatCannotBeWritten(reading):
         formatNative(reading)
 
 
-def test_timestampRange():
+def test_timestamp_range():
     """
     Timestamps are accepted up to 9223372036 seconds from the epoch either
     way, and refused beyond.
@@ -279,7 +279,7 @@ def test_timestampRange():
     )
 
 
-def test_protocolDocumentExamples():
+def test_protocol_document_examples():
     """
     The examples docs/protocol.md gives for the native dialect read as the
     document says.

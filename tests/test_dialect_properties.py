@@ -47,7 +47,7 @@ def checkResult(result):
 
 @FAST
 @given(st.binary(max_size=300))
-def test_anyBytes(line):
+def test_any_bytes(line):
     """
     Any bytes at all give a reading or an error, never an exception.
     """
@@ -67,7 +67,7 @@ TOKENS = [
 
 @FAST
 @given(st.lists(st.sampled_from(TOKENS) | st.binary(max_size=3), max_size=25))
-def test_mixedTokens(tokens):
+def test_mixed_tokens(tokens):
     """
     Lines made of valid pieces and junk in any order never raise, and the
     fast native parsers never accept a line the thorough one reads
@@ -107,7 +107,7 @@ INTEGERS = st.sampled_from([b"0", b"42", b"9223372036854775807", b"9223372036854
     extraTag=st.booleans(),
     seqFirst=st.booleans(),
 )
-def test_fastPathsAgreeWithThoroughParser(meas, sensor, unit, value, seq, ts, extraTag, seqFirst):
+def test_fast_paths_agree_with_thorough_parser(meas, sensor, unit, value, seq, ts, extraTag, seqFirst):
     """
     On near-canonical native lines, whatever the fast paths accept the
     thorough parser reads the same way.
@@ -149,7 +149,7 @@ def readings(draw):
 
 @FAST
 @given(readings())
-def test_formatNativeRoundTrip(reading):
+def test_format_native_round_trip(reading):
     """
     formatNative writes every reading so that parseLine (and the thorough
     parser alone) give it back.
@@ -207,7 +207,7 @@ def parseUncached(line):
 
 @FAST
 @given(st.lists(st.tuples(CACHE_HEADS, CACHE_RESTS), min_size=1, max_size=30))
-def test_headCacheNeverChangesResults(pairs):
+def test_head_cache_never_changes_results(pairs):
     """
     Lines parsed one after another, so that later ones find their head
     cached (repeated heads with varying values, seqs and timestamps, and
@@ -228,7 +228,7 @@ def test_headCacheNeverChangesResults(pairs):
             assert parseSlow(line) == canonical
 
 
-def test_headCacheIsBounded():
+def test_head_cache_is_bounded():
     """
     However many different heads arrive, the cache holds at most its limit,
     and lines keep parsing the same way once it has been emptied.

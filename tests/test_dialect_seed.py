@@ -14,7 +14,7 @@ def seed(sensor, kind, value, unit):
     return Reading(sensor, kind, value, unit, None, None, "seed")
 
 
-def test_seedDocumentExamples():
+def test_seed_document_examples():
     """
     The two messages the seed's clients send (as the seed's log shows them)
     give a temperature in C and a humidity in %.
@@ -23,7 +23,7 @@ def test_seedDocumentExamples():
     assert parseLine(b"Sensor2 - Umidade: 61.20%") == seed("Sensor2", "humidity", 61.2, "%")
 
 
-def test_carriageReturnIgnored():
+def test_carriage_return_ignored():
     """
     A trailing CR is dropped.
     """
@@ -44,7 +44,7 @@ def test_carriageReturnIgnored():
         ("CO2", "co2"),
     ],
 )
-def test_kindWords(word, kind):
+def test_kind_words(word, kind):
     """
     Kind words match without regard to case, in Portuguese or English;
     other words are kept, lower-cased.
@@ -71,7 +71,7 @@ def test_kindWords(word, kind):
         ("300 K", 300.0, "K"),
     ],
 )
-def test_valuesAndUnits(text, value, unit):
+def test_values_and_units(text, value, unit):
     """
     The value takes a sign and a point or comma; the unit follows with or
     without a space; no unit means the kind's implied unit.
@@ -79,7 +79,7 @@ def test_valuesAndUnits(text, value, unit):
     assert parseLine(f"Sensor1 - Temperatura: {text}".encode()) == seed("Sensor1", "temperature", value, unit)
 
 
-def test_otherUnitKeptAsWritten():
+def test_other_unit_kept_as_written():
     """
     Units the seed never sent are kept as written; a kind without an
     implied unit and no unit gets none.
@@ -88,7 +88,7 @@ def test_otherUnitKeptAsWritten():
     assert parseLine(b"Sensor3 - Lux: 300") == seed("Sensor3", "lux", 300.0, "")
 
 
-def test_spacesAroundAndInsideName():
+def test_spaces_around_and_inside_name():
     """
     Surrounding whitespace is ignored and a name may hold spaces.
     """
@@ -122,7 +122,7 @@ def test_errors(line, message):
     assert parseLine(line) == LineError(message, None, "seed")
 
 
-def test_notSeedText():
+def test_not_seed_text():
     """
     Without the C{NAME - Kind:} start a line is not taken for seed text.
     """
@@ -130,7 +130,7 @@ def test_notSeedText():
     assert parseLine(b"Sensor1 Temperatura: 25.34").dialect == "graphite"
 
 
-def test_formatSeedExactBytes():
+def test_format_seed_exact_bytes():
     """
     formatSeed writes the seed client's text byte for byte, two decimals.
     """
@@ -138,7 +138,7 @@ def test_formatSeedExactBytes():
     assert formatSeed("Sensor2", "humidity", 61.2, "%") == b"Sensor2 - Umidade: 61.20%"
 
 
-def test_formatSeedReadsBack():
+def test_format_seed_reads_back():
     """
     What formatSeed writes parses back to the same sensor, kind and unit,
     with the value rounded to two decimals.
@@ -158,7 +158,7 @@ def test_formatSeedReadsBack():
         (b"S - Temperatura: 25.3.4 C", "expected a number and a unit after the kind: '25.3.4 C'"),
     ],
 )
-def test_errorsAfterValidNumber(line, message):
+def test_errors_after_valid_number(line, message):
     """
     The error after the colon names the real problem: a non-finite word, a
     word that is no number, or text the number and unit cannot explain.

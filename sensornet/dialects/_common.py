@@ -30,6 +30,8 @@ IMPLIED_UNITS = {"temperature": "C", "humidity": "%"}
 MAX_SECONDS = 9223372036.0
 MIN_SECONDS = -MAX_SECONDS
 MAX_NS = 9223372036 * 10**9
+#: Nanoseconds in a second: the native dialect's timestamp unit.
+NS_PER_SECOND = 1_000_000_000
 MIN_NS = -MAX_NS
 
 #: Upper bound (exclusive) of a C{seq}.
@@ -155,3 +157,14 @@ def impliedUnit(kind: str) -> str:
     The unit a reading of C{kind} has when its line names none.
     """
     return IMPLIED_UNITS.get(kind, "")
+
+
+def nanoseconds(ts: float) -> int:
+    """
+    C{ts} seconds as the nearest whole number of nanoseconds (halves
+    rounded up), computed exactly: C{ts * 1e9} in floating
+    point can miss the nearest nanosecond, and then a timestamp written as a
+    native line would not read back as the same float.
+    """
+    numerator, denominator = ts.as_integer_ratio()
+    return (2 * numerator * NS_PER_SECOND + denominator) // (2 * denominator)

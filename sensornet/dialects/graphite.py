@@ -21,11 +21,13 @@ from ._common import (
     IMPLIED_UNITS,
     MAX_KIND,
     MAX_SENSOR,
+    NS_PER_SECOND,
     BadLine,
     checkName,
     checkSeconds,
     decodeName,
     decodeText,
+    nanoseconds,
     parseNumber,
     quote,
 )
@@ -33,7 +35,6 @@ from ._common import (
 __all__ = ["parseGraphite"]
 
 _NOW = frozenset([b"-1", b"N"])
-_NS_PER_SECOND = 1_000_000_000
 
 
 def _seconds(raw: bytes) -> Union[float, None]:
@@ -45,9 +46,7 @@ def _seconds(raw: bytes) -> Union[float, None]:
     ts = checkSeconds(parseNumber(raw, "timestamp"), raw)
     # Round to the nanosecond, so that the reading reads back unchanged
     # from the native line formatNative writes for it.
-    numerator, denominator = ts.as_integer_ratio()
-    ns = (2 * numerator * _NS_PER_SECOND + denominator) // (2 * denominator)
-    return ns / _NS_PER_SECOND
+    return nanoseconds(ts) / NS_PER_SECOND
 
 
 def parseGraphite(line: bytes) -> Union[Reading, LineError]:

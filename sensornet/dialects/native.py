@@ -42,12 +42,14 @@ from ._common import (
     MAX_SENSOR,
     MAX_UNIT,
     MIN_NS,
+    NS_PER_SECOND,
     SEQ_LIMIT,
     BadLine,
     checkName,
     decodeName,
     decodeText,
     hasControl,
+    nanoseconds,
     parseNumber,
     quote,
 )
@@ -58,7 +60,6 @@ _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
 _BOOLEANS = frozenset([b"t", b"T", b"true", b"True", b"TRUE", b"f", b"F", b"false", b"False", b"FALSE"])
-_NS_PER_SECOND = 1_000_000_000
 
 # ---------------------------------------------------------------------------
 # Fast path
@@ -151,7 +152,7 @@ def parseCanonical(line: bytes) -> Optional[Reading]:
         ns = int(tsRaw)
         if ns > MAX_NS or ns < MIN_NS:
             return None
-        ts = ns / _NS_PER_SECOND
+        ts = ns / NS_PER_SECOND
     return Reading(names[0], names[1], value, names[2], ts, seq, "native")
 
 
@@ -246,7 +247,7 @@ def parseFast(head: bytes, rest: bytes) -> Optional[Reading]:
             ns = int(tsRaw)
             if ns > MAX_NS or ns < MIN_NS:
                 return None
-            ts: Optional[float] = ns / _NS_PER_SECOND
+            ts: Optional[float] = ns / NS_PER_SECOND
         else:
             return None
     else:
@@ -474,7 +475,7 @@ def _readTimestamp(raw: bytes) -> Optional[float]:
     ns = int(raw)
     if ns > MAX_NS or ns < MIN_NS:
         raise BadLine(f"timestamp out of range: {quote(raw)}")
-    return ns / _NS_PER_SECOND
+    return ns / NS_PER_SECOND
 
 
 def _readValue(key: bytes, raw: bytes) -> float:
@@ -563,13 +564,6 @@ _MEASUREMENT_TABLE = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
 _KEY_TABLE = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ ", "=": "\\="})
 
 
-def _nanoseconds(ts: float) -> int:
-    # Exact arithmetic: ts * 1e9 in floating point can miss the nearest
-    # nanosecond, and then the line would not read back as the same float.
-    numerator, denominator = ts.as_integer_ratio()
-    return (2 * numerator * _NS_PER_SECOND + denominator) // (2 * denominator)
-
-
 def formatNative(reading: Reading) -> bytes:
     """
     Write C{reading} as one native line, without the newline.
@@ -603,7 +597,7 @@ def formatNative(reading: Reading) -> bytes:
             raise ValueError(f"seq out of range: {reading!r}")
         parts += [",seq=", str(int(reading.seq)), "i"]
     if reading.ts is not None:
-        ns = _nanoseconds(float(reading.ts))
+        ns = nanoseconds(float(reading.ts))
         if not MIN_NS <= ns <= MAX_NS:
             raise ValueError(f"timestamp out of range: {reading!r}")
         parts += [" ", str(ns)]
