@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .accounting import ChunkAccounting
-from .dialects import MAX_LINE_LENGTH, parseLine
+from .dialects import MAX_LINE_LENGTH, isWholeSeedMessage, parseLine
 from .interfaces import IChunkObserver, IPressureObserver, IReadingSink
 from .metrics import ServerMetrics
 from .reading import EMPTY_LINE, LineError, Reading
@@ -131,26 +131,6 @@ def _tooLong(line: bytes, limit: int) -> bool:
     return len(line) - (line[-1:] == b"\r") > limit
 
 
-# The units that end a whole message of the seed's clients, as parsed and
-# as written (C{°C} and C{ºC} end with C{C}).
-_SEED_UNITS_WRITTEN = {"C": b"C", "F": b"F", "%": b"%"}
-
-
-def _isWholeSeedMessage(partial: bytes) -> bool:
-    """
-    Whether C{partial}, unterminated, is a whole seed message by the seed's
-    own grammar: a seed reading whose unit, one of the seed's (C{°C},
-    C{ºC}, C{C}, C{°F}, C{ºF}, C{F}, C{%}), is written at its end. A message
-    cut before its end is never whole: its unit is missing or cut short
-    (C{Temperatura: 2}, C{25.34°}).
-    """
-    result = parseLine(partial)
-    if type(result) is not Reading or result.dialect != "seed":
-        return False
-    written = _SEED_UNITS_WRITTEN.get(result.unit)
-    return written is not None and partial.rstrip().endswith(written)
-
-
 class _Chunk:
     """
     The replies owed for one chunk of lines, in line order: C{slots} holds
@@ -185,7 +165,7 @@ class SensorProtocol(LineOnlyReceiver):
     @cvar seedIdleGap: Seconds an unterminated partial line must stay idle
         before it is taken as a seed message (the seed's client sends no
         newline and waits for the reply). Only a whole seed message is
-        taken (see L{_isWholeSeedMessage}), and never on a connection that
+        taken (see L{sensornet.dialects.isWholeSeedMessage}), and never on a connection that
         has sent a terminated line.
     """
 
@@ -478,7 +458,7 @@ class SensorProtocol(LineOnlyReceiver):
     def _idleTimedOut(self) -> None:
         self._idleCall = None
         partial = self._partial
-        if _isWholeSeedMessage(partial):
+        if isWholeSeedMessage(partial):
             self._partial = b""
             self.linesReceived([partial])
 

@@ -6,7 +6,7 @@ L{formatSeed} writing it byte for byte.
 
 import pytest
 
-from sensornet.dialects import formatSeed, parseLine
+from sensornet.dialects import formatSeed, isWholeSeedMessage, parseLine
 from sensornet.reading import LineError, Reading
 
 
@@ -164,3 +164,29 @@ def test_errors_after_valid_number(line, message):
     word that is no number, or text the number and unit cannot explain.
     """
     assert parseLine(line) == LineError(message, None, "seed")
+
+
+@pytest.mark.parametrize(
+    "data, whole",
+    [
+        ("Sensor1 - Temperatura: 25.34°C", True),
+        ("Sensor2 - Umidade: 61.2%", True),
+        ("Sensor1 - Temperatura: 77.0°F", True),
+        ("Sensor1 - Temperatura: 25.34", False),
+        ("Sensor1 - Temperatura: 2", False),
+        ("Sensor1 - Temperatura: 25.34°", False),
+        ("Sensor1 - Temper", False),
+        ("temperature,sensor=s value=1", False),
+        ("Station - Pressure: 1013 hPa", False),
+    ],
+)
+def test_is_whole_seed_message_only_with_the_unit_written_at_its_end(data: str, whole: bool) -> None:
+    """
+    An unterminated message counts as whole only when it parses as seed
+    text and ends with one of the seed's units: every cut of a seed
+    message before its end is not whole, so the idle rule never stores a
+    truncated value.
+    """
+    assert isWholeSeedMessage(data.encode("utf-8")) is whole
+    message = "Sensor1 - Temperatura: 25.34°C".encode("utf-8")
+    assert not any(isWholeSeedMessage(message[:cut]) for cut in range(len(message)))

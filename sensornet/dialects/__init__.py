@@ -24,7 +24,7 @@ from .graphite import parseGraphite
 from .native import formatNative, parseCanonical, parseFast, parseSlow
 from .seed import formatSeed, parseSeed
 
-__all__ = ["parseLine", "formatNative", "formatSeed", "MAX_LINE_LENGTH"]
+__all__ = ["parseLine", "isWholeSeedMessage", "formatNative", "formatSeed", "MAX_LINE_LENGTH"]
 
 #: The longest line, in bytes without its line terminator, a server
 #: accepts; a longer one closes the connection that sent it (the protocol
@@ -77,3 +77,23 @@ def parseLine(line: bytes) -> Union[Reading, LineError]:
         # The promise to the protocol is "never raises": a parser bug must
         # cost one line, not the connection.
         return LineError(f"internal parser error: {type(e).__name__}")
+
+
+# The units that end a whole message of the seed's clients, as parsed and
+# as written (C{°C} and C{ºC} end with C{C}).
+_SEED_UNITS_WRITTEN = {"C": b"C", "F": b"F", "%": b"%"}
+
+
+def isWholeSeedMessage(partial: bytes) -> bool:
+    """
+    Whether C{partial}, unterminated, is a whole seed message by the seed's
+    own grammar: a seed reading whose unit, one of the seed's (C{°C},
+    C{ºC}, C{C}, C{°F}, C{ºF}, C{F}, C{%}), is written at its end. A message
+    cut before its end is never whole: its unit is missing or cut short
+    (C{Temperatura: 2}, C{25.34°}).
+    """
+    result = parseLine(partial)
+    if type(result) is not Reading or result.dialect != "seed":
+        return False
+    written = _SEED_UNITS_WRITTEN.get(result.unit)
+    return written is not None and partial.rstrip().endswith(written)
