@@ -92,7 +92,10 @@ class IBlockingRunner(Interface):
 
     def stop():  # type: ignore[no-untyped-def]
         """
-        Finish the calls already given, then stop.
+        Finish the calls already given, then stop. A call given after this
+        never runs (its Deferred never fires): whoever still needs one (a
+        close of a store opened by a call given up on) must give it before
+        stopping the runner.
 
         @return: A L{Deferred} firing once stopped; it may never fire if a
             call never returns.
