@@ -19,18 +19,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, List, Optional
 
-from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IListeningPort,
-    IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
-    IStreamServerEndpoint,
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory
@@ -38,10 +36,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
-from zope.interface import implementer
-
 from .clientmetrics import ClientMetrics, makeClientMetricsSite
 from .dialects import MAX_LINE_LENGTH, formatNative
+from .listening import ListeningService
 from .outbox import DEFAULT_OUTBOX_SIZE, Outbox, SpoolOutbox
 from .reading import Reading
 from .simulate import KINDS, Kind, RandomWalk
@@ -446,48 +443,6 @@ class SimulatedSensor(MultiService):
             self._log.warn("{sensor}: server said: {text}", sensor=self.name, text=reply.text)
 
 
-@implementer(IStreamServerEndpoint)
-class _PortReportingEndpoint:
-    """
-    A server endpoint that also tells who asks (L{whenListening}) which port
-    its C{listen} got, so nobody reads a listening service's private state.
-    """
-
-    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
-        self._endpoint = endpoint
-        self._port: Optional[IListeningPort] = None
-        self._waiting: List["Deferred[IListeningPort]"] = []
-
-    def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
-        listening = self._endpoint.listen(protocolFactory)
-
-        def listened(port: IListeningPort) -> IListeningPort:
-            self._port = port
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(port)
-            return port
-
-        def failed(reason: Failure) -> Failure:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.errback(reason)
-            return reason
-
-        return listening.addCallbacks(listened, failed)
-
-    def whenListening(self) -> "Deferred[IListeningPort]":
-        """
-        Fires with the listening port once bound (at once if it is), or
-        fails as C{listen} did.
-        """
-        if self._port is not None:
-            return succeed(self._port)
-        d: "Deferred[IListeningPort]" = Deferred()
-        self._waiting.append(d)
-        return d
-
-
 class SensorClientService(MultiService):
     """
     A whole client process: the sensors a L{ClientConfig} describes, each
@@ -515,12 +470,10 @@ class SensorClientService(MultiService):
             raise ValueError(f"unknown kind {config.kind!r}: expected one of " + ", ".join(sorted(KINDS)))
         self.config = config
         self.metrics = ClientMetrics()
-        self.metricsListener: Optional[StreamServerEndpointService] = None
-        self._metricsEndpoint: Optional[_PortReportingEndpoint] = None
+        self.metricsListener: Optional[ListeningService] = None
         if config.metrics is not None:
-            self._metricsEndpoint = _PortReportingEndpoint(serverFromString(reactor, config.metrics))
-            self.metricsListener = StreamServerEndpointService(
-                self._metricsEndpoint, makeClientMetricsSite(self.metrics)
+            self.metricsListener = ListeningService(
+                serverFromString(reactor, config.metrics), makeClientMetricsSite(self.metrics)
             )
             self.metricsListener.setServiceParent(self)
         self.sensors: List[SimulatedSensor] = [
@@ -564,6 +517,6 @@ class SensorClientService(MultiService):
 
         @raise RuntimeError: Without C{config.metrics}.
         """
-        if self._metricsEndpoint is None:
+        if self.metricsListener is None:
             raise RuntimeError("this client exports no metrics (config.metrics is None)")
-        return self._metricsEndpoint.whenListening()
+        return self.metricsListener.whenListening()

@@ -10,12 +10,14 @@ import subprocess
 import sys
 
 import pytest
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python import usage
+from zope.interface import implementer
 
 from sensornet.client import ClientConfig, SensorClientService
-from sensornet.server import SensorServerService, ServerConfig
+from sensornet.server import DEFAULT_STORE, SensorServerService, ServerConfig
 from sensornet.tap import client as clienttap
 from sensornet.tap import demo as demotap
 from sensornet.tap import server as servertap
@@ -77,10 +79,22 @@ def test_no_log_readings_flag_reaches_the_factory():
     assert service.factory.logReadings is False
 
 
+@implementer(IReactorFromThreads)
+class ThreadAwareMemoryReactor(MemoryReactorClock):
+    """
+    A MemoryReactorClock that also says it takes calls from threads, as a
+    real reactor does: the SQLite store's writer asks for that when built.
+    Nothing here starts a thread.
+    """
+
+    def callFromThread(self, f, *args, **kwargs):
+        raise AssertionError("no thread runs in these tests")
+
+
 def test_demo_runs_a_server_and_the_seeds_two_sensors(tmp_path):
     options = demotap.Options()
     options.parseOptions(["--store", f"sqlite:{tmp_path / 'demo.db'}", "--http", "none"])
-    reactor = MemoryReactorClock()
+    reactor = ThreadAwareMemoryReactor()
     service = demotap.makeService(options, reactor)
     assert isinstance(service.server, SensorServerService)
     assert service.server.config.listen == ["tcp:5000"]
@@ -92,6 +106,13 @@ def test_demo_runs_a_server_and_the_seeds_two_sensors(tmp_path):
     }
     assert sensors == {"Sensor1": ("temperature", 2.0), "Sensor2": ("humidity", 3.0)}
     assert [client.config.endpoint for client in service.clients] == ["tcp:host=127.0.0.1:port=5000"] * 2
+
+
+def test_demo_stores_into_sqlite_by_default():
+    options = demotap.Options()
+    options.parseOptions([])
+    assert options.toConfig().server.store == DEFAULT_STORE
+    assert DEFAULT_STORE.startswith("sqlite:")
 
 
 def test_demo_is_built_from_configs_without_parsing_a_command_line(monkeypatch):
