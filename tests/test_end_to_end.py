@@ -206,7 +206,6 @@ def test_client_metrics_endpoint_counts_what_the_sensors_did(reactor):
     ])
     service = clienttap.makeService(options, reactor)
     service.startService()
-    web = service.metricsListener
     sensors = service.sensors
     try:
         webPort = yield service.whenMetricsListening()
