@@ -148,6 +148,9 @@ class OpenConnections(WrappingFactory):
     it passes every transport call on.
     """
 
+    # The wrapped factory already says when it starts and stops.
+    noisy = False
+
     def __init__(self, wrappedFactory: IProtocolFactory) -> None:
         super().__init__(wrappedFactory)
         self._whenNoneOpen: List[Deferred[None]] = []
