@@ -5,8 +5,9 @@ C{twistd sensornet-server}: options and L{makeService} for the server role.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Optional, cast
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
@@ -86,11 +87,13 @@ class Options(usage.Options):
         )
 
 
-def makeService(options: Options, reactor: Any = None) -> SensorServerService:
+def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> SensorServerService:
     """
     Build the server from parsed options. C{reactor} defaults to the global
     one only here, at the edge where twistd calls in.
     """
     if reactor is None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor as globalReactor
+
+        reactor = cast(IReactorTime, globalReactor)
     return SensorServerService(options.toConfig(), reactor)
