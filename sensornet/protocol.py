@@ -11,13 +11,19 @@ reading log: L{sensornet.accounting.ChunkAccounting}), one write.
 Replies on a connection go out in the order of the lines that caused them,
 even though acknowledgements wait for a commit and error replies do not.
 
+A reading stamped more than the factory's C{maxClockSkew} seconds after
+the chunk's arrival by the server's clock is refused like a malformed line:
+one stamped in 2262 would otherwise be every later query's "latest" value.
+
 L{SensorServerFactory} keeps what connections share: the sink, the clock,
-the chunk observer, the open connections, which sensors are connected, and
-the store writer's pressure.
+the chunk observer, the open connections, which sensors are connected, the
+clock-skew limit, and the store writer's pressure.
 """
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timedelta, timezone
 from typing import Any, Collection, Dict, FrozenSet, List, Optional, Set, Tuple, cast
 
 from constantly import NamedConstant, Names
@@ -38,6 +44,7 @@ from .wire import ACK_PREFIX, ERROR_PREFIX, ERROR_SEQ_PREFIX, NOT_STORED, REJECT
 
 __all__ = [
     "SEED_REPLY",
+    "DEFAULT_MAX_CLOCK_SKEW",
     "PauseReason",
     "ImmediateSink",
     "SensorProtocol",
@@ -69,6 +76,13 @@ class PauseReason(Names):
 
 
 _PAUSE_REASONS: FrozenSet[NamedConstant] = frozenset(PauseReason.iterconstants())
+
+#: Seconds a reading's own timestamp may be ahead of the server's clock when
+#: its line arrives (sensor clocks drift, NTP may not have run yet): five
+#: minutes. See C{docs/protocol.md}, "Timestamps ahead of the server's clock".
+DEFAULT_MAX_CLOCK_SKEW = 300.0
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @implementer(IReadingSink)
@@ -121,6 +135,30 @@ def _ackLine(reading: Reading) -> bytes:
     if reading.seq is not None:
         return _ACK_FORMAT % (reading.seq,)
     return b""
+
+
+def _formatSeconds(seconds: float) -> str:
+    """
+    C{seconds} as written in a reply: C{300}, not C{300.0}; C{0.5} as is.
+    """
+    return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
+
+
+def _aheadOfClock(reading: Reading, maxSkew: float) -> LineError:
+    """
+    The refusal of C{reading}, stamped more than C{maxSkew} seconds ahead of
+    the server's clock, naming the limit: C{timestamp 2262-04-11T23:47:16Z is
+    more than 300 s ahead of the server's clock}. The time is UTC to the
+    second (truncated), computed without the platform's C{gmtime}, which
+    cannot reach 2262 everywhere.
+    """
+    assert reading.ts is not None
+    stamp = (_EPOCH + timedelta(seconds=math.floor(reading.ts))).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return LineError(
+        f"timestamp {stamp} is more than {_formatSeconds(maxSkew)} s ahead of the server's clock",
+        reading.seq,
+        reading.dialect,
+    )
 
 
 def _tooLong(line: bytes, limit: int) -> bool:
@@ -322,12 +360,17 @@ class SensorProtocol(LineOnlyReceiver):
 
     def linesReceived(self, lines: List[bytes]) -> None:
         """
-        Handle the complete lines of one chunk: parse each, submit the
-        readings in one call, queue the replies in line order, and tell the
-        chunk observer once.
+        Handle the complete lines of one chunk: parse each, refuse readings
+        stamped too far ahead of C{now}, submit the readings in one call,
+        queue the replies in line order, and tell the chunk observer once.
         """
         factory = self.factory
         now = factory.clock.seconds()
+        # One comparison per reading: a reading without a ts counts as
+        # stamped now (the store stamps it so), and without a limit nothing
+        # is after the horizon.
+        maxSkew = factory.maxClockSkew
+        horizon = math.inf if maxSkew is None else now + maxSkew
         chunk = _Chunk(now)
         readings = chunk.readings
         # The refused lines, by index into lines, and their error replies
@@ -345,18 +388,21 @@ class SensorProtocol(LineOnlyReceiver):
         for line in lines:
             result = parseLine(line)
             if type(result) is Reading:
-                result.peer = peer
-                result.received_at = now
-                if result.sensor not in sensors:
-                    sensors.add(result.sensor)
-                    factory.sensorConnected(result.sensor)
-                addReading(result)
+                if (result.ts or now) <= horizon:
+                    result.peer = peer
+                    result.received_at = now
+                    if result.sensor not in sensors:
+                        sensors.add(result.sensor)
+                        factory.sensorConnected(result.sensor)
+                    addReading(result)
+                    continue
+                result = _aheadOfClock(result, cast(float, maxSkew))
             elif result is EMPTY_LINE:
                 blanks += 1
-            else:
-                error = cast(LineError, result)
-                rejected.append((len(readings) + len(rejected) + blanks, error))
-                errorReplies.append((len(readings), _errorLine(error)))
+                continue
+            error = cast(LineError, result)
+            rejected.append((len(readings) + len(rejected) + blanks, error))
+            errorReplies.append((len(readings), _errorLine(error)))
         slots = chunk.slots
         start = 0
         for before, reply in errorReplies:
@@ -491,11 +537,15 @@ class SensorServerFactory(Factory):
     """
     Builds a L{SensorProtocol} per connection and holds what they share: the
     sink, the clock, the chunk observer, the set of open connections, which
-    sensors are connected, and the store writer's pressure (it is the
-    writer's L{IPressureObserver}).
+    sensors are connected, the clock-skew limit, and the store writer's
+    pressure (it is the writer's L{IPressureObserver}).
 
     @ivar sink: Where readings go (an L{IReadingSink}).
     @ivar clock: The time source (the reactor, or a C{task.Clock} in tests).
+    @ivar maxClockSkew: Seconds (C{>= 0}) a reading's timestamp may be ahead
+        of C{clock} when its line arrives; a reading stamped later is
+        refused with an error reply naming this limit, and never stored.
+        L{None}: no limit.
     @ivar metrics: The server's metrics; connections are counted here, chunks
         by C{accounting}.
     @ivar accounting: Told once per chunk what a connection received and
@@ -516,15 +566,21 @@ class SensorServerFactory(Factory):
         metrics: Optional[ServerMetrics] = None,
         logReadings: bool = True,
         accounting: Optional[IChunkObserver] = None,
+        maxClockSkew: Optional[float] = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         """
         @param logReadings: Whether the default C{accounting} logs each
             reading received (the seed's C{log.txt}).
         @param accounting: The chunk observer; by default a
             L{ChunkAccounting} on C{metrics}, logging to the global log.
+        @param maxClockSkew: See C{maxClockSkew}; five minutes by default.
+        @raise ValueError: C{maxClockSkew} is negative or not a number.
         """
+        if maxClockSkew is not None and not 0 <= maxClockSkew < math.inf:
+            raise ValueError(f"maxClockSkew must be a finite number of seconds >= 0 or None, not {maxClockSkew!r}")
         self.sink = sink
         self.clock = clock
+        self.maxClockSkew = maxClockSkew
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.accounting = accounting if accounting is not None else ChunkAccounting(self.metrics, logReadings)
         self.protocols: Set[SensorProtocol] = set()

@@ -29,7 +29,7 @@ from .feed import LiveFeed
 from .interfaces import IReadingSink, IStoreQueries
 from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
-from .protocol import ImmediateSink, PauseReason, SensorProtocol, SensorServerFactory
+from .protocol import DEFAULT_MAX_CLOCK_SKEW, ImmediateSink, PauseReason, SensorProtocol, SensorServerFactory
 from .store import DEFAULT_STORE, redactURL
 
 if TYPE_CHECKING:
@@ -60,6 +60,9 @@ class ServerConfig:
     @ivar closeTimeout: Seconds a stopping server waits for connections to
         take their last replies before it aborts them (sensor connections,
         then HTTP connections: each group gets this long).
+    @ivar maxClockSkew: Seconds (C{>= 0}) a reading's own timestamp may be
+        ahead of the server's clock; a reading stamped later is refused (see
+        C{docs/protocol.md}). L{None}: no limit.
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -69,6 +72,7 @@ class ServerConfig:
     maxBatch: int = 5000
     maxDelay: float = 0.002
     closeTimeout: float = 10.0
+    maxClockSkew: Optional[float] = DEFAULT_MAX_CLOCK_SKEW
 
 
 class SensorServerService(MultiService):
@@ -115,7 +119,9 @@ class SensorServerService(MultiService):
             )
             self.writer.setServiceParent(self)
             sink = self.writer
-        self.factory = SensorServerFactory(sink, reactor, self.metrics, config.logReadings)
+        self.factory = SensorServerFactory(
+            sink, reactor, self.metrics, config.logReadings, maxClockSkew=config.maxClockSkew
+        )
         if self.writer is not None:
             self.writer.addPressureObserver(self.factory)
         self.listeners: List[ListeningService] = []

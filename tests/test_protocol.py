@@ -66,6 +66,16 @@ def connect(sink=None, clock=None, logReadings=True):
     return factory, protocol, transport, clock, events
 
 
+def clockAt(seconds):
+    """
+    A fake clock reading C{seconds}: readings stamped later than the
+    factory's C{maxClockSkew} after it are refused (tests/test_clock_skew.py).
+    """
+    clock = Clock()
+    clock.advance(seconds)
+    return clock
+
+
 def sample(factory, name, **labels):
     """
     The value of one series of the factory's metrics, as a scrape reads it.
@@ -85,7 +95,7 @@ def test_seed_message_gets_the_seed_reply_byte_for_byte():
 
 
 def test_native_reading_with_seq_is_acknowledged_by_seq_and_without_seq_silently():
-    _, protocol, transport, _, _ = connect()
+    _, protocol, transport, _, _ = connect(clock=clockAt(1718100945))
     protocol.dataReceived(
         b"temperature,sensor=client-1,unit=C value=25.34,seq=42i 1718100942123456789\n"
         b"temperature,sensor=client-1,unit=C value=25.35 1718100944123456789\n"
@@ -94,7 +104,7 @@ def test_native_reading_with_seq_is_acknowledged_by_seq_and_without_seq_silently
 
 
 def test_graphite_line_gets_no_reply_but_is_counted():
-    factory, protocol, transport, _, _ = connect()
+    factory, protocol, transport, _, _ = connect(clock=clockAt(1718100945))
     protocol.dataReceived(b"sensors.client-1.temperature 25.34 1718100942\r\n")
     assert transport.value() == b""
     assert sample(factory, "sensornet_readings_received_total", dialect="graphite") == 1

@@ -4,12 +4,14 @@ C{twistd sensornet-server}: options and L{makeService} for the server role.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
+from ..protocol import DEFAULT_MAX_CLOCK_SKEW
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
 
 
@@ -18,7 +20,10 @@ class Options(usage.Options):
     The server's command line; see C{twistd sensornet-server --help}.
     """
 
-    synopsis = "[--listen ENDPOINT]... [--store URL] [--http ENDPOINT|none] [--no-log-readings]"
+    synopsis = (
+        "[--listen ENDPOINT]... [--store URL] [--http ENDPOINT|none] [--no-log-readings] "
+        "[--max-clock-skew SECONDS|none]"
+    )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
         "exactly once and acknowledge it once stored. ENDPOINTs are Twisted endpoint strings: "
@@ -34,6 +39,9 @@ class Options(usage.Options):
          "Endpoint for the HTTP API, metrics and dashboard, or 'none'."],
         ["max-batch", None, 5000, "Most readings committed in one transaction.", int],
         ["max-delay", None, 0.002, "Seconds a batch may wait to gather readings.", float],
+        ["max-clock-skew", None, f"{DEFAULT_MAX_CLOCK_SKEW:g}",
+         "Refuse a reading stamped more than SECONDS ahead of the server's clock (it would pin its "
+         "sensor's latest value); 'none' accepts any timestamp."],
     ]
 
     optFlags = [
@@ -69,6 +77,7 @@ class Options(usage.Options):
             raise usage.UsageError("--max-batch must be at least 1")
         if self["max-delay"] < 0:
             raise usage.UsageError("--max-delay must not be negative")
+        self["max-clock-skew"] = _parseSkew(self["max-clock-skew"])
 
     def toConfig(self) -> ServerConfig:
         """
@@ -84,7 +93,28 @@ class Options(usage.Options):
             logReadings=not self["no-log-readings"],
             maxBatch=self["max-batch"],
             maxDelay=self["max-delay"],
+            maxClockSkew=self["max-clock-skew"],
         )
+
+
+def _parseSkew(text: object) -> Optional[float]:
+    """
+    The value of C{--max-clock-skew}: seconds, finite and C{>= 0}, or
+    L{None} for C{none} (no limit).
+
+    @raise usage.UsageError: Anything else.
+    """
+    if text is None or (isinstance(text, str) and text.strip().lower() == "none"):
+        return None
+    try:
+        seconds = float(cast(str, text))
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise usage.UsageError(
+            f"--max-clock-skew must be a number of seconds >= 0 or 'none', not {text!r}"
+        )
+    return seconds
 
 
 def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> SensorServerService:
