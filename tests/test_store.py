@@ -63,10 +63,11 @@ def test_parse_store_url_accepts_both_backends() -> None:
     """
     sqlite:PATH, sqlite::memory:, postgresql:// and postgres:// parse.
     """
-    assert parseStoreURL(DEFAULT_STORE) == ("sqlite", "sensornet.db", {})
+    assert parseStoreURL(DEFAULT_STORE) == ("sqlite", "sensornet.db", {"synchronous": "full"})
     assert parseStoreURL("sqlite:/var/lib/x.db").target == "/var/lib/x.db"
     assert parseStoreURL("sqlite::memory:").target == ":memory:"
     assert parseStoreURL("sqlite:x.db?synchronous=full").options == {"synchronous": "full"}
+    assert parseStoreURL("sqlite:x.db?synchronous=NORMAL").options == {"synchronous": "normal"}
     assert parseStoreURL("postgresql://u:p@db.example:5432/sensornet").backend == "postgresql"
     assert parseStoreURL("postgres://u@localhost/db").backend == "postgresql"
 
@@ -318,3 +319,77 @@ def test_paging_with_equal_times_never_repeats_or_skips(store) -> None:
     assert seen == [r["id"] for r in everything]
     assert len(set(seen)) == 60
     assert [r["ts"] for r in everything] == sorted(r["ts"] for r in everything)
+
+
+# -- durability --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "suffix, expected", [("", 2), ("?synchronous=full", 2), ("?synchronous=normal", 1)],
+    ids=["default", "full", "normal"],
+)
+def test_sqlite_is_durable_unless_told_otherwise(tmp_path, suffix: str, expected: int) -> None:
+    """
+    The default SQLite store, from its URL or built directly, runs WAL with
+    synchronous=FULL (2: the WAL is fsynced at every commit); only an
+    explicit ?synchronous=normal gives the weaker mode (1). (That FULL puts
+    the fsync before the ack is proved under strace in test_fsync_order.)
+    """
+    store = openStore(f"sqlite:{tmp_path}/x.db{suffix}")
+    try:
+        db = store._connection()
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == expected
+    finally:
+        store.close()
+    from sensornet.store.sqlite import SQLiteStore
+
+    direct = SQLiteStore(str(tmp_path / "y.db"))
+    direct.open()
+    try:
+        assert direct._connection().execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        direct.close()
+
+
+def test_postgresql_commits_synchronously_even_when_the_database_says_off(postgresql_db) -> None:
+    """
+    With synchronous_commit turned off for the database (ALTER DATABASE ...
+    SET synchronous_commit = off, which every new session inherits), the
+    store's own session still runs with synchronous_commit = on: COMMIT
+    waits for the WAL flush, so no reading is acknowledged before it is on
+    disk.
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    name = conninfo_to_dict(postgresql_db)["dbname"]
+    with psycopg.connect(postgresql_db, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    with psycopg.connect(postgresql_db) as plain:
+        assert plain.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+    store = openStore(postgresql_db)
+    try:
+        assert store._connection().execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        store.write([reading(seq=1)])
+        assert store._connection().execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    finally:
+        store.close()
+
+
+def test_postgresql_keeps_a_stronger_synchronous_commit(postgresql_db) -> None:
+    """
+    A setting that already flushes locally (here remote_apply, chosen for
+    synchronous standbys) is kept, not weakened to on.
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    name = conninfo_to_dict(postgresql_db)["dbname"]
+    with psycopg.connect(postgresql_db, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = remote_apply')
+    store = openStore(postgresql_db)
+    try:
+        assert store._connection().execute("SHOW synchronous_commit").fetchone()[0] == "remote_apply"
+    finally:
+        store.close()

@@ -85,7 +85,9 @@ class StoreURL(NamedTuple):
     @ivar backend: C{"sqlite"} or C{"postgresql"}.
     @ivar target: For SQLite the database file path (or C{":memory:"}); for
         PostgreSQL the libpq connection URI, as given.
-    @ivar options: Backend options from the URL (SQLite: C{synchronous}).
+    @ivar options: Backend options, with the default of each one the URL
+        leaves out (SQLite: C{synchronous}, C{"full"} unless the URL says
+        C{synchronous=normal}).
     """
 
     backend: str
@@ -95,12 +97,18 @@ class StoreURL(NamedTuple):
 
 _SQLITE_OPTIONS = {"synchronous": ("normal", "full")}
 
+#: Durable unless told otherwise: C{synchronous=full} fsyncs the WAL at every
+#: commit, so nothing is acknowledged before it is on disk.
+_SQLITE_DEFAULTS = {"synchronous": "full"}
+
 
 def parseStoreURL(url: str) -> StoreURL:
     """
     Parse a store URL: C{sqlite:PATH} (relative or absolute path;
     C{sqlite::memory:} for a private in-memory database, one per
-    connection: unit tests only), C{sqlite:PATH?synchronous=full}, or
+    connection: unit tests only), C{sqlite:PATH?synchronous=normal} (the
+    weaker, faster mode; C{synchronous=full}, the default, may be written
+    too), or
     C{postgresql://user:pass@host:port/db} (C{postgres://} too, with any
     libpq URI parameters).
 
@@ -123,7 +131,7 @@ def parseStoreURL(url: str) -> StoreURL:
         path, question, query = rest.partition("?")
         if not path:
             raise ValueError(f"store URL {url!r} names no file: use sqlite:PATH")
-        options: Dict[str, str] = {}
+        options: Dict[str, str] = dict(_SQLITE_DEFAULTS)
         if question:
             for item in query.split("&"):
                 name, equals, value = item.partition("=")
@@ -131,7 +139,7 @@ def parseStoreURL(url: str) -> StoreURL:
                 if allowed is None or not equals or value.lower() not in allowed:
                     raise ValueError(
                         f"store URL {url!r}: unknown SQLite option {item!r} "
-                        "(the only one is synchronous=normal|full)"
+                        "(the only one is synchronous=full|normal)"
                     )
                 options[name] = value.lower()
         return StoreURL("sqlite", path, options)

@@ -12,6 +12,15 @@ pipeline mode; see C{docs/storage.md}.)
 
 Timestamps are C{timestamptz} (microseconds) in the database and float
 seconds since the epoch at this module's edge.
+
+Durability: C{COMMIT} returns only after the transaction's WAL record is
+flushed to disk on the database server, so nothing is acknowledged before
+it is durable there. PostgreSQL's C{synchronous_commit} decides that, and a
+server, database or role may set it to C{off}; the store's connection then
+sets it back to C{on} for its own session (L{ensureSynchronousCommit}). Any
+other value (C{local}, C{remote_write}, C{on}, C{remote_apply}) flushes
+locally too and is kept, so an administrator's stronger choice for
+synchronous standbys stands.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from .base import (
     summarize,
 )
 
-__all__ = ["PostgreSQLStore"]
+__all__ = ["PostgreSQLStore", "ensureSynchronousCommit"]
 
 #: The advisory lock held while checking and migrating the schema, so that
 #: servers starting together migrate once, one after the other.
@@ -124,6 +133,19 @@ def classify(error: BaseException) -> StoreError:
     return StoreUnavailable(f"PostgreSQL: {message}")
 
 
+def ensureSynchronousCommit(conn: "psycopg.Connection[Any]") -> None:
+    """
+    Make C{conn}'s session wait, at each C{COMMIT}, for its WAL record to be
+    flushed to disk: if C{synchronous_commit} is C{off} (whatever set it:
+    the server's configuration, C{ALTER DATABASE}, C{ALTER ROLE}, the URL's
+    C{options}), set it to C{on} for this session. (In autocommit mode the
+    C{SET} is not undone by any later transaction's rollback.)
+    """
+    row = conn.execute("SHOW synchronous_commit").fetchone()
+    if row is None or row[0] == "off":
+        conn.execute("SET synchronous_commit = on")
+
+
 def _connectionString(url: str) -> str:
     given = conninfo_to_dict(url)
     extra = {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in given}
@@ -153,6 +175,7 @@ class PostgreSQLStore(Store):
         except psycopg.Error as e:
             raise classify(e) from e
         try:
+            ensureSynchronousCommit(conn)
             self._migrate(conn)
             conn.execute(_STAGING)
         except BaseException as e:
