@@ -2,7 +2,8 @@
 # Install everything the test suite needs, then run it:
 #   - Debian packages when missing: postgresql (the real PostgreSQL backend
 #     tests), chromium (the dashboard in a real browser), iproute2 (the AWS
-#     rehearsal's network namespaces);
+#     rehearsal's network namespaces), strace (tests/test_fsync_order.py
+#     proves an ack leaves only after its reading's fsync);
 #   - a virtualenv .venv with sensornet and its [test] extras, installed
 #     (not editable), so the tests exercise the installed package.
 # Extra arguments go to pytest.
@@ -13,6 +14,7 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
