@@ -189,6 +189,7 @@ class _Checkpointer:
         self._lastLogged = 0.0
         self._unlogged = 0
         self._nextConnect = 0.0
+        self._nextEscalation = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sensornet-sqlite-checkpoint", daemon=True)
 
@@ -231,23 +232,24 @@ class _Checkpointer:
                     raise
                 self._db = db
             except Exception as e:
-                self._nextConnect = self.monotonic() + self._backoff()
                 self._failed(e)
+                self._nextConnect = self.monotonic() + self._backoff()
         if self._db is None:
             self._fallback()
             return
         try:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             with self.writeLock:
-                self._secondPass(self._db)
+                settled = self._secondPass(self._db)
         except _CheckpointPinned as e:
             self._failed(e)
         except Exception as e:
             self._drop()
-            self._nextConnect = self.monotonic() + self._backoff()
             self._failed(e)
+            self._nextConnect = self.monotonic() + self._backoff()
         else:
-            self._succeeded()
+            if settled:
+                self._succeeded()
 
     def _fallback(self) -> None:
         """
@@ -266,14 +268,21 @@ class _Checkpointer:
         except Exception as e:
             self._failed(e)
 
-    def _secondPass(self, db: sqlite3.Connection) -> None:
+    def _secondPass(self, db: sqlite3.Connection) -> bool:
         """
         With C{writeLock} held: copy what is left, and escalate if the WAL
-        is over its limit.
+        is over its limit. Returns whether the WAL is within its limit, or
+        at least was not tried again yet (after a reader kept an escalation
+        from finishing, the next one waits for the backoff, so that the
+        writer is not held every round).
+
+        @raise _CheckpointPinned: The escalation could not reset the WAL.
         """
         frames = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
         if frames * self._frameBytes <= self.walLimit:
-            return
+            return True
+        if self.monotonic() < self._nextEscalation:
+            return False
         self.escalations += 1
         db.execute(f"PRAGMA busy_timeout={int(self.escalateTimeout * 1000)}")
         try:
@@ -285,6 +294,7 @@ class _Checkpointer:
                 f"the WAL holds {frames * self._frameBytes} bytes, over its limit of {self.walLimit}, "
                 f"and a reader kept it from being reset for {self.escalateTimeout} s"
             )
+        return True
 
     def _drop(self) -> None:
         db, self._db = self._db, None
@@ -318,6 +328,8 @@ class _Checkpointer:
             self._unlogged = 0
         else:
             self._unlogged += 1
+        if isinstance(error, _CheckpointPinned):
+            self._nextEscalation = now + self._backoff()
 
     def _succeeded(self) -> None:
         self.rounds += 1
