@@ -32,8 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import pytest
 
@@ -137,6 +136,26 @@ def judge(calls: List[Syscall], walPath: str) -> Verdict:
     return Verdict(synced, unsynced, gaps)
 
 
+def requireStrace() -> str:
+    """
+    The path of a working strace: fail (never skip) with what to do when it
+    is missing or may not trace here.
+    """
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.fail(
+            "strace is not installed: the durability order cannot be proved without it "
+            "(tests/run.sh installs it; by hand: apt-get install strace)"
+        )
+    check = subprocess.run([strace, "-f", "-o", os.devnull, "true"], capture_output=True, text=True, timeout=30)
+    if check.returncode != 0:
+        pytest.fail(
+            f"strace cannot trace here ({check.stderr.strip()}): it needs ptrace, i.e. root or "
+            "CAP_SYS_PTRACE, and kernel.yama.ptrace_scope <= 1 for a child process"
+        )
+    return strace
+
+
 class TracedServer(ServerProcess):
     """
     The server under C{strace -f}; L{terminate} signals the traced server,
@@ -148,13 +167,7 @@ class TracedServer(ServerProcess):
         self.tracePath = tracePath
 
     def command(self) -> List[str]:
-        strace = shutil.which("strace")
-        if strace is None:
-            pytest.fail(
-                "strace is not installed: the durability order cannot be proved without it "
-                "(tests/run.sh installs it; by hand: apt-get install strace)"
-            )
-        return [strace, "-f", "-tt", "-yy", "-e", f"trace={TRACED}", "-o", self.tracePath, *super().command()]
+        return [requireStrace(), "-f", "-tt", "-yy", "-e", f"trace={TRACED}", "-o", self.tracePath, *super().command()]
 
     def traced(self) -> int:
         """
