@@ -4,19 +4,46 @@ acknowledgement latency (p50/p99/max) and the server's memory per
 connection.
 
     python bench/sensors.py --sensors 20000 [--interval 2] [--duration 20] [--store none|sqlite]
+    python bench/sensors.py --w2 [--duration 40] [--repeat 2]
+    python bench/sensors.py --churn 6 --duration 3 [--store sqlite]
 
-Starts the server (the installed twistd plugin) on 127.0.0.1, spreads the
-sensors over a few load processes (plain sockets and epoll, so the load is
-not Twisted measuring itself), each sensor sending one native reading with a
-seq every --interval seconds, phases spread evenly. Latency is from the
-send() of a line to the arrival of its ack. Memory per connection is the
-growth of the server's resident memory between no connections and all
-connected, divided by the count. Nothing is asserted: it prints numbers.
+Starts the server with this Python's twistd on 127.0.0.1 (the server runs
+with C{python -c}, so the current directory comes first on its path: run
+from a checkout's root it runs that checkout's code; from elsewhere the
+installed package, or what PYTHONPATH names), spreads the sensors over a few load
+processes (plain sockets and epoll, so the load is not Twisted measuring
+itself), each sensor sending one native reading with a seq every --interval
+seconds, phases spread evenly. Latency is from the send() of a line to the
+arrival of its ack. Memory per connection is the growth of the server's
+resident memory between no connections and all connected, divided by the
+count. On a machine with two cores or more the server is pinned to one core
+and the load processes to another (as bench/run.py does), and the server's
+CPU time per acknowledged reading is printed. A "stall" is a stretch of
+sends whose acks took over --stall-ms: the count of such stretches and their
+spacing show a periodic pause. Nothing is asserted: it prints numbers.
+
+--w2 is issue 9's workload W2: 19,000 sensors (or as many as the open-file
+hard limit allows, less a reserve of 100 descriptors for the server's own
+files), one reading every 2 s each, 40 s of sending, the reading log on and
+written to a file, measured against three servers one after the other in the
+same run: the bare ack server (bench/baseline_server.py, a LineOnlyReceiver),
+sensornet --store none and sensornet with its default store (SQLite in a
+temporary directory). Targets: p99 <= 20 ms and max <= 100 ms for the
+default store, p99 <= 5 ms for --store none. SENSORNET_GC_LOG_MS is passed
+through to the servers: set it (such as 5) and the server logs each garbage
+collection that took longer, which this prints by generation, with its
+freezes (sensornet.gctuning) and, at the server's stop, how many unreachable
+objects a full collection found once everything was unfrozen.
+
+--churn ROUNDS connects all the sensors, sends for --duration seconds and
+closes them, ROUNDS times against one server, and prints the server's
+resident memory after each round: what closed connections leave behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import multiprocessing
 import os
@@ -31,7 +58,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from run import freePort, sensornetCommand, stopServer, waitPort  # noqa: E402
+from run import cpuSeconds, freePort, sensornetCommand, stopServer, waitPort  # noqa: E402
+
+# The descriptors a server keeps besides its sensors' (listeners, log files,
+# the store, epoll, HTTP): what the open-file hard limit must leave free.
+FD_RESERVE = 100
+W2_SENSORS = 19_000
 
 
 def raiseFileLimit(n: int) -> None:
@@ -73,11 +105,16 @@ def scrape(port: int) -> dict:
     return out
 
 
-def loadProcess(index, port, count, interval, duration, connected, go, results):
+def loadProcess(index, port, count, interval, duration, connected, go, results, loadCores=None):
     """
     One load process: open C{count} connections, report, wait for C{go},
-    then send at cadence for C{duration} seconds and report latencies.
+    then send at cadence for C{duration} seconds and report latencies, each
+    with the time its line was sent. A reply of a bare C{ack} (the baseline
+    server's, which knows no seqs) answers the oldest line outstanding on
+    its connection, as replies come in line order.
     """
+    if loadCores:
+        os.sched_setaffinity(0, loadCores)
     raiseFileLimit(count + 100)
     sel = selectors.DefaultSelector()
     socks = []
@@ -100,6 +137,7 @@ def loadProcess(index, port, count, interval, duration, connected, go, results):
     seq = [0] * count
     buffers = [b""] * count
     latencies = []
+    sends = []
     start = time.monotonic()
     end = start + duration
     phases = [interval * i / count for i in range(count)]
@@ -131,114 +169,327 @@ def loadProcess(index, port, count, interval, duration, connected, go, results):
             for line in lines:
                 if line.startswith(b"ack "):
                     sent = sentAt[i].pop(int(line[4:]), None)
-                    if sent is not None:
-                        latencies.append(t - sent)
+                elif line == b"ack" and sentAt[i]:
+                    sent = sentAt[i].pop(next(iter(sentAt[i])))
+                else:
+                    sent = None
+                if sent is not None:
+                    latencies.append(t - sent)
+                    sends.append(sent)
     unacked = sum(len(d) for d in sentAt)
     for s in socks:
         s.close()
-    results.put({"latencies": latencies, "unacked": unacked})
+    results.put({"latencies": latencies, "sends": sends, "unacked": unacked})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sensors", type=int, default=20_000)
-    parser.add_argument("--interval", type=float, default=2.0)
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--store", default="none", help="none, sqlite, or a store URL")
-    parser.add_argument("--log-readings", action="store_true", help="keep the per-reading log on (as by default)")
-    args = parser.parse_args()
+def loadCores() -> tuple:
+    """
+    The CPU sets for the server and the load processes: apart when there are
+    two cores or more, else no pinning.
+    """
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None, None
+    return {available[0]}, set(available[1:])
 
-    raiseFileLimit(args.sensors + 1000)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    note = None
-    if args.sensors + 100 > hard:
-        # The server holds one descriptor per sensor plus its own few; a
-        # hard limit that cannot be raised (no CAP_SYS_RESOURCE) caps it.
-        note = f"open-file hard limit {hard} cannot be raised here: sensors capped from {args.sensors}"
-        args.sensors = hard - 100
-    with tempfile.TemporaryDirectory(prefix="sensornet-bench-") as workdir:
-        store = "sqlite:" + os.path.join(workdir, "bench.db") if args.store == "sqlite" else args.store
-        port = freePort()
-        httpPort = freePort()
-        server = subprocess.Popen(
-            sensornetCommand(
-                port, store, workdir, http=f"tcp:{httpPort}:interface=127.0.0.1",
-                logReadings=args.log_readings, backlog=4096,
-            ),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            waitPort(port)
-            time.sleep(0.5)
-            before = rss(server.pid)
-            connected = multiprocessing.Queue()
-            results = multiprocessing.Queue()
-            go = multiprocessing.Event()
-            share = args.sensors // args.processes
-            procs = [
-                multiprocessing.Process(
-                    target=loadProcess,
-                    args=(i, port, share, args.interval, args.duration, connected, go, results),
-                )
-                for i in range(args.processes)
-            ]
-            t0 = time.monotonic()
-            for p in procs:
-                p.start()
-            for _ in procs:
-                connected.get(timeout=300)
-            connectSeconds = time.monotonic() - t0
-            time.sleep(1.0)
-            after = rss(server.pid)
-            go.set()
-            profile = os.environ.get("SENSORNET_BENCH_PROFILE")
-            spy = None
-            if profile:
-                # py-spy (pip install py-spy) samples the server while the load runs.
-                spy = subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(server.pid), "--duration", str(int(args.duration)),
-                     "--format", "raw", "--output", profile, "--threads", "--nonblocking"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )
-            latencies = []
-            unacked = 0
-            for _ in procs:
-                r = results.get(timeout=args.duration + 120)
-                latencies += r["latencies"]
-                unacked += r["unacked"]
-            for p in procs:
-                p.join(timeout=30)
-            if spy is not None:
-                spy.wait(timeout=60)
-            peak = rss(server.pid)
-            serverSide = scrape(httpPort)
-        finally:
-            stopServer(server, timeout=60)
+
+def stalls(sends: list, latencies: list, thresholdMs: float) -> dict:
+    """
+    The stretches of time whose sends waited over C{thresholdMs} for their
+    acks (sends less than a second apart belong to one stretch): how many,
+    their mean spacing in seconds, and the worst latency of each.
+    """
+    slow = sorted((sent, latency) for sent, latency in zip(sends, latencies) if latency * 1000 > thresholdMs)
+    groups: list = []
+    for sent, latency in slow:
+        if groups and sent - groups[-1][1] < 1.0:
+            groups[-1][1] = sent
+            groups[-1][2] = max(groups[-1][2], latency)
+        else:
+            groups.append([sent, sent, latency])
+    starts = [g[0] for g in groups]
+    spacing = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else None
+    return {
+        "count": len(groups),
+        "every_s": round(spacing, 2) if spacing else None,
+        "worst_ms": [round(g[2] * 1000) for g in groups[:12]],
+    }
+
+
+def gcLog(path: str) -> dict:
+    """
+    The slow collections the server logged (sensornet.gctuning, with
+    SENSORNET_GC_LOG_MS set), by generation: how many, and their longest.
+    """
+    out: dict = {}
+    # twistd rotates its log every megabyte: the oldest (highest number)
+    # first, the current file last.
+    rotated = sorted(glob.glob(glob.escape(path) + ".*"), key=lambda p: -int(p.rsplit(".", 1)[1]))
+    for name in rotated + [path]:
+        if os.path.exists(name):
+            _readGCLog(name, out)
+    return out
+
+
+def _readGCLog(path: str, out: dict) -> None:
+    with open(path, errors="replace") as f:
+        for line in f:
+            if "froze " in line and " objects in " in line:
+                words = line.split("froze ", 1)[1].split()
+                entry = out.setdefault("freezes", {"count": 0, "max_ms": 0.0, "frozen": 0})
+                entry["count"] += 1
+                entry["max_ms"] = max(entry["max_ms"], float(words[3]))
+                entry["frozen"] = int(words[0])
+                continue
+            if "unfrozen at stop" in line:
+                out["unreachable_at_stop"] = int(line.split("found ", 1)[1].split()[0])
+                continue
+            if "garbage collection of generation" not in line:
+                continue
+            words = line.split("garbage collection of generation ", 1)[1].split()
+            generation, ms = words[0], float(words[2])
+            entry = out.setdefault("gen" + generation, {"count": 0, "max_ms": 0.0})
+            entry["count"] += 1
+            entry["max_ms"] = max(entry["max_ms"], ms)
+
+
+def measure(name: str, command: list, port: int, args: argparse.Namespace, httpPort=None, logPath=None) -> dict:
+    """
+    Start a server with C{command}, connect C{args.sensors} sensors, send at
+    cadence for C{args.duration} seconds and return what was measured.
+    """
+    serverCores, clientCores = loadCores()
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if serverCores:
+            os.sched_setaffinity(server.pid, serverCores)
+        waitPort(port)
+        time.sleep(0.5)
+        before = rss(server.pid)
+        connected = multiprocessing.Queue()
+        results = multiprocessing.Queue()
+        go = multiprocessing.Event()
+        share = args.sensors // args.processes
+        procs = [
+            multiprocessing.Process(
+                target=loadProcess,
+                args=(i, port, share, args.interval, args.duration, connected, go, results, clientCores),
+            )
+            for i in range(args.processes)
+        ]
+        t0 = time.monotonic()
+        for p in procs:
+            p.start()
+        for _ in procs:
+            connected.get(timeout=300)
+        connectSeconds = time.monotonic() - t0
+        time.sleep(1.0)
+        after = rss(server.pid)
+        cpuBefore = cpuSeconds(server.pid)
+        go.set()
+        profile = os.environ.get("SENSORNET_BENCH_PROFILE")
+        spy = None
+        if profile:
+            # py-spy (pip install py-spy) samples the server while the load runs.
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(server.pid), "--duration", str(int(args.duration)),
+                 "--format", "raw", "--output", f"{profile}.{name}", "--threads", "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        latencies: list = []
+        sends: list = []
+        unacked = 0
+        for _ in procs:
+            r = results.get(timeout=args.duration + 120)
+            latencies += r["latencies"]
+            sends += r["sends"]
+            unacked += r["unacked"]
+        cpu = cpuSeconds(server.pid) - cpuBefore
+        for p in procs:
+            p.join(timeout=30)
+        if spy is not None:
+            spy.wait(timeout=60)
+        peak = rss(server.pid)
+        serverSide = scrape(httpPort) if httpPort else None
+    finally:
+        stopServer(server, timeout=60)
+    found = stalls(sends, latencies, args.stall_ms)
     latencies.sort()
     n = len(latencies)
 
     def pct(p):
-        return latencies[min(n - 1, int(p * n))] * 1000 if n else float("nan")
+        return round(latencies[min(n - 1, int(p * n))] * 1000, 2) if n else None
 
     sensorsNow = share * args.processes
-    print(json.dumps({
+    return {
+        "name": name,
         "sensors": sensorsNow,
         "connect_seconds": round(connectSeconds, 2),
         "acks": n,
         "unacked_at_end": unacked,
         "readings_per_s": round(n / args.duration, 1),
-        "ack_ms_p50": round(pct(0.50), 2),
-        "ack_ms_p99": round(pct(0.99), 2),
+        "ack_ms_p50": pct(0.50),
+        "ack_ms_p99": pct(0.99),
         "ack_ms_max": round(latencies[-1] * 1000, 2) if n else None,
+        "cpu_us_per_reading": round(cpu / n * 1e6, 1) if n else None,
+        "stalls": found,
+        "slow_collections": gcLog(logPath) if logPath else None,
         "server_rss_idle_mib": round(before / 2**20, 1),
         "server_rss_connected_mib": round(after / 2**20, 1),
         "server_rss_peak_mib": round(peak / 2**20, 1),
         "bytes_per_connection": round((after - before) / sensorsNow),
-        "targets": {"ack_ms_p99": 20, "bytes_per_connection": 4096},
         "server_side": serverSide,
-        "note": note,
-    }, indent=2))
+    }
+
+
+def churn(store: str, workdir: str, args: argparse.Namespace) -> dict:
+    """
+    Connection churn against one sensornet server: C{args.churn} rounds,
+    each connecting C{args.sensors} sensors, sending for C{args.duration}
+    seconds and closing them all; the server's resident memory after each
+    round shows whether closed connections leave anything behind.
+    """
+    if store == "sqlite":
+        store = "sqlite:" + os.path.join(workdir, "churn.db")
+    port = freePort()
+    command = sensornetCommand(port, store, workdir, logReadings=args.log_readings, backlog=4096)
+    serverCores, clientCores = loadCores()
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    memory = []
+    acks = 0
+    try:
+        if serverCores:
+            os.sched_setaffinity(server.pid, serverCores)
+        waitPort(port)
+        time.sleep(0.5)
+        memory.append(round(rss(server.pid) / 2**20, 1))
+        share = args.sensors // args.processes
+        for _ in range(args.churn):
+            connected = multiprocessing.Queue()
+            results = multiprocessing.Queue()
+            go = multiprocessing.Event()
+            procs = [
+                multiprocessing.Process(
+                    target=loadProcess,
+                    args=(i, port, share, args.interval, args.duration, connected, go, results, clientCores),
+                )
+                for i in range(args.processes)
+            ]
+            for p in procs:
+                p.start()
+            for _ in procs:
+                connected.get(timeout=300)
+            go.set()
+            for _ in procs:
+                acks += len(results.get(timeout=args.duration + 120)["latencies"])
+            for p in procs:
+                p.join(timeout=30)
+            time.sleep(2.0)
+            memory.append(round(rss(server.pid) / 2**20, 1))
+    finally:
+        stopServer(server, timeout=60)
+    return {
+        "rounds": args.churn,
+        "sensors_per_round": share * args.processes,
+        "acks": acks,
+        "server_rss_mib_by_round": memory,
+        "collector": gcLog(os.path.join(workdir, "server.log")),
+    }
+
+
+def sensornetRow(name: str, store: str, workdir: str, args: argparse.Namespace) -> dict:
+    """
+    Measure a sensornet server storing into C{store} (C{none}, C{sqlite}, or
+    a store URL), its reading log written to a file in C{workdir}.
+    """
+    rowDir = os.path.join(workdir, name)
+    os.mkdir(rowDir)
+    if store == "sqlite":
+        store = "sqlite:" + os.path.join(rowDir, "bench.db")
+    port = freePort()
+    httpPort = freePort()
+    command = sensornetCommand(
+        port, store, rowDir, http=f"tcp:{httpPort}:interface=127.0.0.1",
+        logReadings=args.log_readings, backlog=4096,
+    )
+    return measure(name, command, port, args, httpPort, os.path.join(rowDir, "server.log"))
+
+
+def bareRow(args: argparse.Namespace) -> dict:
+    """
+    Measure the bare ack server (a LineOnlyReceiver answering each line).
+    """
+    port = freePort()
+    command = [sys.executable, os.path.join(HERE, "baseline_server.py"), str(port), "line"]
+    return measure("bare", command, port, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--w2", action="store_true", help="issue 9's W2: bare, --store none and sqlite rows")
+    parser.add_argument("--sensors", type=int, default=None, help="default 20000 (19000 with --w2)")
+    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=None, help="seconds of sending (default 20, 40 with --w2)")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--store", default="none", help="none, sqlite, or a store URL (ignored with --w2)")
+    parser.add_argument("--log-readings", action="store_true", help="keep the per-reading log on (on with --w2)")
+    parser.add_argument("--stall-ms", type=float, default=50.0, help="an ack slower than this is part of a stall")
+    parser.add_argument("--repeat", type=int, default=1, help="run the --w2 rows this many times (at most 3)")
+    parser.add_argument("--churn", type=int, default=0, metavar="ROUNDS",
+                        help="instead: connect and close all sensors ROUNDS times (at most 20), memory by round")
+    args = parser.parse_args()
+    if args.sensors is None:
+        args.sensors = W2_SENSORS if args.w2 else 20_000
+    if args.duration is None:
+        args.duration = 40.0 if args.w2 else 20.0
+    # Bounded: a bench run is minutes, not hours.
+    args.duration = min(args.duration, 120.0)
+    args.repeat = max(1, min(args.repeat, 3))
+    if args.w2:
+        args.log_readings = True
+
+    raiseFileLimit(args.sensors + 1000)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    note = None
+    if args.sensors + FD_RESERVE > hard:
+        # The server holds one descriptor per sensor plus its own few; a
+        # hard limit that cannot be raised (no CAP_SYS_RESOURCE) caps it.
+        note = f"open-file hard limit {hard} cannot be raised here: sensors capped from {args.sensors}"
+        args.sensors = hard - FD_RESERVE
+    if args.churn:
+        args.churn = min(args.churn, 20)
+        with tempfile.TemporaryDirectory(prefix="sensornet-bench-") as workdir:
+            print(json.dumps(churn(args.store, workdir, args), indent=2))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sensornet-bench-") as workdir:
+        if args.w2:
+            for attempt in range(args.repeat):
+                rows.append(bareRow(args))
+                rows.append(sensornetRow(f"none-{attempt}", "none", workdir, args))
+                rows.append(sensornetRow(f"sqlite-{attempt}", "sqlite", workdir, args))
+        else:
+            rows.append(sensornetRow("server", args.store, workdir, args))
+    if not args.w2:
+        row = rows[0]
+        row["targets"] = {"ack_ms_p99": 20, "bytes_per_connection": 4096}
+        row["note"] = note
+        print(json.dumps(row, indent=2))
+        return
+    print(json.dumps(rows, indent=2), file=sys.stderr)
+    print(f"W2: {rows[0]['sensors']:,} sensors, one reading every {args.interval:g} s each, "
+          f"{args.duration:g} s; reading log on; server and load pinned apart: {loadCores()[0] is not None}"
+          + (f"; {note}" if note else ""))
+    print("targets: sqlite p99 <= 20 ms, max <= 100 ms; none p99 <= 5 ms")
+    print(f"{'row':<10} {'readings/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU us/rd':>10} "
+          f"{'stalls':>7} {'every s':>8} {'unacked':>8} {'B/conn':>7}")
+    for row in rows:
+        every = row["stalls"]["every_s"]
+        print(f"{row['name']:<10} {row['readings_per_s']:>10,.0f} {row['ack_ms_p50']:>8.2f} {row['ack_ms_p99']:>8.2f} "
+              f"{row['ack_ms_max']:>8.2f} {row['cpu_us_per_reading']:>10.1f} {row['stalls']['count']:>7} "
+              f"{every if every else '-':>8} {row['unacked_at_end']:>8} {row['bytes_per_connection']:>7}")
+        if row.get("slow_collections"):
+            print(f"{'':<10} slow collections: {row['slow_collections']}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 
 from .feed import LiveFeed
+from .gctuning import CollectorTuning, logThresholdFromEnvironment
 from .interfaces import IReadingSink, IStoreQueries
 from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
@@ -85,6 +86,8 @@ class SensorServerService(MultiService):
     """
 
     _log = Logger()
+    # Started first and stopped last by startService/stopService.
+    _collectorTuning: Optional[CollectorTuning] = None
 
     def __init__(self, config: ServerConfig, reactor: IReactorTime) -> None:
         """
@@ -172,7 +175,15 @@ class SensorServerService(MultiService):
             L{twisted.internet.error.CannotListenError} for a port in use).
         """
         _raiseFileLimit()
-        super().startService()
+        # Keeps full garbage collections off the connections' long-lived
+        # objects: they stalled the reactor 100-270 ms at ~19k connections.
+        self._collectorTuning = CollectorTuning(self.reactor, logThresholdFromEnvironment())
+        self._collectorTuning.startService()
+        try:
+            super().startService()
+        except BaseException:
+            self._collectorTuning.stopService()
+            raise
         self._log.info(
             "sensornet server listening on {listen}; store {store}; HTTP {http}",
             listen=", ".join(self.config.listen),
@@ -200,6 +211,8 @@ class SensorServerService(MultiService):
             yield self._stopWeb()
         rest = [service for service in reversed(list(self)) if service.running]
         yield defer.DeferredList([defer.maybeDeferred(service.stopService) for service in rest])
+        if self._collectorTuning is not None:
+            self._collectorTuning.stopService()
         self._log.info("sensornet server stopped")
 
     @defer.inlineCallbacks
