@@ -16,6 +16,9 @@ Who provides what:
     give the writer a runner whose Deferreds they fire by hand.
   - L{IStore}: L{sensornet.store.sqlite.SQLiteStore},
     L{sensornet.store.postgresql.PostgreSQLStore}.
+  - L{ICheckpointedStore}: L{sensornet.store.sqlite.SQLiteStore}, whose
+    write-ahead log a checkpointer keeps bounded; the server's metrics
+    report on it.
   - L{IStoreQueries}: L{sensornet.store.queries.StoreQueries}, the read side
     the HTTP API uses.
   - L{IChunkObserver}: L{sensornet.accounting.ChunkAccounting}, told once per
@@ -31,6 +34,7 @@ __all__ = [
     "IPressureObserver",
     "IBlockingRunner",
     "IStore",
+    "ICheckpointedStore",
     "IStoreQueries",
     "IChunkObserver",
 ]
@@ -157,6 +161,23 @@ class IStore(Interface):
     def schemaVersion():  # type: ignore[no-untyped-def]
         """
         The schema version of the open database.
+        """
+
+
+class ICheckpointedStore(IStore):
+    """
+    A store with a write-ahead log that a checkpointer copies back into the
+    database in the background (SQLite in WAL mode): how that is going, for
+    C{/metrics}. Both may be read from any thread.
+    """
+
+    checkpointFailures = Attribute(
+        "How many checkpoint rounds of this store object have failed so far; never decreases."
+    )
+
+    def walBytes():  # type: ignore[no-untyped-def]
+        """
+        The size of the write-ahead log on disk now, in bytes.
         """
 
 

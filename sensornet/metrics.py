@@ -11,7 +11,12 @@ once per line: an update takes a lock.
 
 from __future__ import annotations
 
+from typing import Iterator, Optional
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .interfaces import ICheckpointedStore, IStore
 
 from .reading import DIALECTS
 
@@ -86,3 +91,50 @@ class ServerMetrics:
             self.readingsReceived.labels(dialect)
             self.linesRejected.labels(dialect)
         self.linesRejected.labels("unknown")
+        # The store the writer has open, if it has a checkpointed WAL; read
+        # at scrape time by _CheckpointCollector.
+        self.checkpointedStore: Optional[ICheckpointedStore] = None
+        self.checkpointFailuresBefore = 0
+        r.register(_CheckpointCollector(self))
+
+    def storeOpened(self, store: IStore) -> None:
+        """
+        The writer opened C{store} (a new store object each time it opens
+        one): from now on, report its checkpointer in
+        C{sensornet_sqlite_checkpoint_failures_total} (which carries on from
+        the stores before it) and C{sensornet_sqlite_wal_bytes}.
+        """
+        previous = self.checkpointedStore
+        if previous is not None:
+            self.checkpointFailuresBefore += previous.checkpointFailures
+        self.checkpointedStore = ICheckpointedStore(store, None)
+
+
+class _CheckpointCollector:
+    """
+    The SQLite checkpointer's health, read from the open store when
+    Prometheus scrapes (the checkpointer runs on a thread of its own, which
+    must not touch the registry). Nothing is exported until a store with a
+    checkpointed write-ahead log has been opened.
+    """
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        store = metrics.checkpointedStore
+        if store is None:
+            return
+        failures = CounterMetricFamily(
+            "sensornet_sqlite_checkpoint_failures",
+            "SQLite checkpoint rounds that failed (see docs/storage.md, SQLite checkpoints).",
+        )
+        failures.add_metric([], metrics.checkpointFailuresBefore + store.checkpointFailures)
+        yield failures
+        wal = GaugeMetricFamily("sensornet_sqlite_wal_bytes", "Size of the SQLite write-ahead log on disk.")
+        wal.add_metric([], store.walBytes())
+        yield wal

@@ -562,6 +562,7 @@ def _makeMachine() -> Callable[[_Core], _Inputs]:
 
     def remember(s: _Core, store: IStore) -> None:
         s.store = store
+        s.metrics.storeOpened(store)
         s.backoff = s.initialBackoff
         s.log.info("Store writer connected to {store}", store=redactURL(s.storeURL))
         if not s.opened:

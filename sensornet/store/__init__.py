@@ -57,7 +57,7 @@ def storeFromURL(url: str) -> Store:
     if parsed.backend == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(parsed.target, synchronous=parsed.options.get("synchronous", "normal"), url=url)
+        return SQLiteStore(parsed.target, synchronous=parsed.options["synchronous"], url=url)
     from .postgresql import PostgreSQLStore
 
     return PostgreSQLStore(parsed.target)

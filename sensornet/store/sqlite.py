@@ -32,7 +32,9 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..interfaces import ICheckpointedStore
 from ..reading import Reading
 from .base import (
     Store,
@@ -341,6 +343,7 @@ class _Checkpointer:
             self._inARow = 0
 
 
+@implementer(ICheckpointedStore)
 class SQLiteStore(Store):
     """
     A L{Store} in one SQLite file, through one C{sqlite3} connection in
