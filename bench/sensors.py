@@ -197,7 +197,8 @@ def stalls(sends: list, latencies: list, thresholdMs: float) -> dict:
     """
     The stretches of time whose sends waited over C{thresholdMs} for their
     acks (sends less than a second apart belong to one stretch): how many,
-    their mean spacing in seconds, and the worst latency of each.
+    their mean spacing in seconds, and the worst latency and the start of
+    each (the first twelve).
     """
     slow = sorted((sent, latency) for sent, latency in zip(sends, latencies) if latency * 1000 > thresholdMs)
     groups: list = []
@@ -213,6 +214,9 @@ def stalls(sends: list, latencies: list, thresholdMs: float) -> dict:
         "count": len(groups),
         "every_s": round(spacing, 2) if spacing else None,
         "worst_ms": [round(g[2] * 1000) for g in groups[:12]],
+        # CLOCK_MONOTONIC, shared by every process on the machine: to set
+        # beside the server's own timings.
+        "starts_monotonic": [round(g[0], 3) for g in groups[:12]],
     }
 
 

@@ -11,14 +11,16 @@ short-lived objects of readings in flight promote fast enough for a full
 collection every second or so, each one a stall of the whole reactor thread.
 
 Measured (issue 9, W2: 19,000 sensors, a reading every 2 s each, reading log
-on, server pinned to one of two shared cores, timed with C{gc.callbacks},
-before this module): full collections of 86-137 ms every 14-19 s with
-C{--store none} (ack p99 15-17 ms, max 132-168 ms), and of 108-765 ms
-(median 150-250) every 0.7-1.2 s with SQLite, where acks then fell behind
-(ack p99 0.3-8.8 s). After it: no full collection over 22 ms once the
-sensors are connected; ack p99 7-10 ms with C{--store none}, 20-82 ms with
-SQLite, max 43-137 ms, on the same noisy machine (the bare ack server: p99
-4 ms, max 32-64 ms).
+on, server pinned to one of two shared cores, C{bench/sensors.py --w2}, two
+runs each, collections timed with C{gc.callbacks}). Before this module: full
+collections of 77-88 ms every ~19 s with C{--store none} (ack p99 12-13 ms,
+max 116-123 ms) and of 103-144 ms every 3.2-3.3 s with the durable SQLite
+store (ack p99 199 ms, max 263-294 ms); each of the 11 stalls of those runs
+(acks over 50 ms) began within 10 ms of a full collection. After it: no full
+collection over 17 ms once the sensors are connected (the freezes, 25-36 ms,
+happen while they connect); ack p99 6-8 ms with C{--store none}, 22-27 ms
+with SQLite, max 44-56 ms, CPU per reading unchanged (the bare ack server in
+the same runs: p99 2.6-3.3 ms, max 35-37 ms).
 
 L{CollectorTuning} moves what is alive out of the collector's reach with
 C{gc.freeze()}: once at start (modules, classes, the server's own objects),

@@ -176,7 +176,7 @@ class SensorServerService(MultiService):
         """
         _raiseFileLimit()
         # Keeps full garbage collections off the connections' long-lived
-        # objects: they stalled the reactor 100-270 ms at ~19k connections.
+        # objects: each stalled the reactor 80-250 ms at ~19k connections.
         self._collectorTuning = CollectorTuning(self.reactor, logThresholdFromEnvironment())
         self._collectorTuning.startService()
         try:
