@@ -62,8 +62,10 @@ def sensornetCommand(
     port: int, store: str, workdir: str, http: str = "none", logReadings: bool = False, backlog: int = 1024
 ) -> list:
     """
-    The command line of a sensornet server (the installed twistd plugin) on
-    127.0.0.1:C{port}.
+    The command line of a sensornet server (twistd's plugin) on
+    127.0.0.1:C{port}. It runs the sensornet that C{sys.executable} imports
+    from the working directory: the checkout when run from it (C{python -c}
+    puts the working directory first on the path), else the installed one.
     """
     return [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -116,7 +118,7 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace, files
         load = subprocess.run(
             [sys.executable, os.path.join(HERE, "loadgen.py"), "--port", str(port),
              "--connections", str(args.connections), "--sensors", str(args.sensors),
-             "--total", str(args.total), "--seconds", str(args.seconds)],
+             "--total", str(args.total), "--batch", str(args.batch), "--seconds", str(args.seconds)],
             capture_output=True, text=True, timeout=args.seconds + 120,
             preexec_fn=(lambda: os.sched_setaffinity(0, loadCores)) if loadCores else None,
         )
@@ -140,6 +142,10 @@ def main() -> None:
     parser.add_argument("--sensors", type=int, default=1000, help="sensors, interleaved over the connections")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load to separate cores")
+    parser.add_argument(
+        "--batch", type=int, default=500,
+        help="lines per send on each connection (default 500: a relay's bursts; 1 is a sensor per line)",
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="time limit per row")
     parser.add_argument(
         "--pg", help="PostgreSQL URL for the postgresql row (its database is written to), or 'temp'"
@@ -184,7 +190,8 @@ def run(args: argparse.Namespace) -> None:
 
     base = rows[1]["rate"] or 1.0
     print(f"workload: {args.total:,} readings from {rows[0]['sensors']:,} sensors over "
-          f"{args.connections} connections; server and load pinned apart: {cores(args)[0] is not None}")
+          f"{args.connections} connections, {args.batch} lines per send; "
+          f"server and load pinned apart: {cores(args)[0] is not None}")
     print(f"{'row':<12} {'readings/s':>12} {'vs line-acker':>14} {'CPU us/reading':>15} "
           f"{'bytes/reading':>14} {'acked':>10} {'seconds':>8}")
     for row in rows:
