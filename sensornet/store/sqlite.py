@@ -300,11 +300,7 @@ class _Checkpointer:
 
     def _drop(self) -> None:
         db, self._db = self._db, None
-        if db is not None:
-            try:
-                db.close()
-            except Exception:
-                pass
+        _closeQuietly(db)
 
     def _failed(self, error: BaseException) -> None:
         now = self.monotonic()
@@ -491,11 +487,7 @@ class SQLiteStore(Store):
                 self._pastCheckpointFailures += checkpointer.failures
                 self._checkpointer = None
         db, self._db = self._db, None
-        if db is not None:
-            try:
-                db.close()
-            except Exception:
-                pass
+        _closeQuietly(db)
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -630,6 +622,18 @@ class SQLiteStore(Store):
             reading["_position"] = (row[5], row[0])
             result.append(reading)
         return result
+
+
+def _closeQuietly(db: Optional[sqlite3.Connection]) -> None:
+    """
+    Close C{db} if there is one; closing never raises (a broken connection
+    has nothing left to lose).
+    """
+    if db is not None:
+        try:
+            db.close()
+        except Exception:
+            pass
 
 
 def _rollback(db: sqlite3.Connection) -> None:
