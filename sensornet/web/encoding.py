@@ -19,6 +19,7 @@ __all__ = [
     "CSV_COLUMNS",
     "isoTime",
     "jsonBytes",
+    "neutraliseCSVText",
     "readingFromRow",
     "readingFromObject",
     "readingsCSV",
@@ -111,6 +112,10 @@ def readingsCSV(readings: Iterable[Mapping[str, Any]]) -> bytes:
     """
     Readings (in the API's shape) as UTF-8 CSV with a header line and
     C{\\r\\n} line ends (RFC 4180); missing values are empty fields.
+
+    Safe to open in a spreadsheet: a text field that a spreadsheet would
+    take for a formula (see L{neutraliseCSVText}) is written with a leading
+    apostrophe; numbers are written as numbers.
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
@@ -126,4 +131,26 @@ def _csvField(value: Any) -> str:
     # repr() of a float round-trips exactly; str() of an int is what people expect.
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, str):
+        return neutraliseCSVText(value)
     return str(value)
+
+
+#: What a spreadsheet takes for the start of a formula (OWASP, "CSV
+#: Injection"): C{=}, C{+}, C{-}, C{@}, and a tab or carriage return before
+#: any of them.
+_FORMULA_STARTS = frozenset("=+-@\t\r")
+
+
+def neutraliseCSVText(text: str) -> str:
+    """
+    C{text} as a CSV text cell a spreadsheet shows as text: when it starts
+    with C{=}, C{+}, C{-}, C{@}, a tab or a carriage return (so
+    C{=HYPERLINK(...)}, C{@SUM(A1)} or C{-1+2} would run as a formula), it
+    gets a leading apostrophe, which spreadsheets take as "this is text" and
+    do not display. Other text is unchanged. Only for text: numbers, negative
+    ones included, are written as numbers by the caller.
+    """
+    if text and text[0] in _FORMULA_STARTS:
+        return "'" + text
+    return text
