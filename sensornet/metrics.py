@@ -62,6 +62,11 @@ class ServerMetrics:
             "sensornet_lines_oversized", "Connections closed for a line over the maximum length.",
             registry=r,
         )
+        self.connectionsClosed = Counter(
+            "sensornet_connections_closed",
+            "Sensor connections closed by a guardrail, by reason (handshake_timeout, idle, junk).",
+            ["reason"], registry=r,
+        )
         self.ackLatency = Histogram(
             "sensornet_ack_latency_seconds",
             "From receiving a chunk of readings to sending their acknowledgements.",

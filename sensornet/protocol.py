@@ -26,10 +26,11 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Collection, Dict, FrozenSet, List, Optional, Set, Tuple, cast
 
-from constantly import NamedConstant, Names
+from constantly import NamedConstant, Names, ValueConstant, Values
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -45,6 +46,8 @@ from .wire import ACK_PREFIX, ERROR_PREFIX, ERROR_SEQ_PREFIX, NOT_STORED, REJECT
 __all__ = [
     "SEED_REPLY",
     "DEFAULT_MAX_CLOCK_SKEW",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "CloseReason",
     "PauseReason",
     "ImmediateSink",
     "SensorProtocol",
@@ -76,6 +79,24 @@ class PauseReason(Names):
 
 
 _PAUSE_REASONS: FrozenSet[NamedConstant] = frozenset(PauseReason.iterconstants())
+
+
+class CloseReason(Values):
+    """
+    Why a guardrail closed a connection: the C{reason} label of
+    C{sensornet_connections_closed_total} (few values, so the metric stays
+    small whatever peers do).
+
+    @cvar handshakeTimeout: No complete line within the factory's
+        C{handshakeTimeout} of connecting (slowloris).
+    """
+
+    handshakeTimeout = ValueConstant("handshake_timeout")
+
+
+#: Seconds a new connection has to send its first complete line (see
+#: L{SensorServerFactory.handshakeTimeout}).
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 #: Seconds a reading's own timestamp may be ahead of the server's clock when
 #: its line arrives (sensor clocks drift, NTP may not have run yet): five
@@ -233,6 +254,14 @@ class SensorProtocol(LineOnlyReceiver):
         self._closing = False
         self._closed = False
         self._closeWaiters: List["Deferred[None]"] = []
+        # The error line written before a close the server decided on.
+        self._closeMessage = b""
+        # Set by the factory: when the connection was made, and (for a
+        # guardrail's close) when the close began.
+        self.connectedAt = 0.0
+        self.closingSince: Optional[float] = None
+        # Whether a complete, non-blank line came (the handshake).
+        self.greeted = False
 
     # -- connection events --------------------------------------------------
 
@@ -412,6 +441,7 @@ class SensorProtocol(LineOnlyReceiver):
         slots.extend(range(start, len(readings)))
         if not slots:
             return
+        self.greeted = True
         self._queue.append(chunk)
         if readings:
             self._pending += len(readings)
@@ -519,17 +549,46 @@ class SensorProtocol(LineOnlyReceiver):
         A line over L{MAX_LENGTH}: stop reading, answer what came before, then
         say why and close this connection.
         """
+        if self._closing:
+            return
         self.factory.accounting.lineTooLong(self.peer, self.MAX_LENGTH)
+        self._closeSaying(f"line longer than {self.MAX_LENGTH} bytes; closing the connection")
+
+    def closeFor(self, reason: CloseReason, message: str) -> None:
+        """
+        A guardrail closes this connection: stop reading, answer what came
+        before, write C{error: MESSAGE}, close. Counted under C{reason} and
+        logged once. The factory aborts the connection if it is still open
+        L{SensorServerFactory.abortAfter} seconds later (a peer that reads
+        nothing would otherwise hold it until its send buffer drains).
+        Nothing if the connection is already closing.
+        """
+        if self._closing or self._closed:
+            return
+        self.factory.guardrailClosed(self, reason, message)
+        self._closeSaying(f"{message}; closing the connection")
+
+    def _closeSaying(self, message: str) -> None:
         self._closing = True
+        self._closeMessage = _errorReply(None, message)
         self._cancelIdle()
         self.transport.pauseProducing()
         if not self._queue:
             self._close()
 
     def _close(self) -> None:
-        self.transport.write(_errorReply(None, f"line longer than {self.MAX_LENGTH} bytes; closing the connection"))
+        self.transport.write(self._closeMessage)
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+
+
+def _checkTimeout(name: str, seconds: Optional[float]) -> None:
+    """
+    @raise ValueError: C{seconds} is neither L{None} nor a finite number
+        C{> 0}.
+    """
+    if seconds is not None and not 0 < seconds < math.inf:
+        raise ValueError(f"{name} must be a finite number of seconds > 0 or None, not {seconds!r}")
 
 
 @implementer(IPressureObserver)
@@ -553,9 +612,25 @@ class SensorServerFactory(Factory):
         reading log.
     @ivar protocols: The open connections.
     @ivar paused: The open connections not reading now.
+    @ivar handshakeTimeout: Seconds (C{> 0}) a connection has, from the
+        moment it is made, to send one complete non-blank line (terminated
+        by C{delimiter}, or a whole seed message taken by the seed's idle
+        rule; later, the authentication line); one that has not is closed
+        with C{error: no complete line within N s; closing the connection}
+        and counted under L{CloseReason.handshakeTimeout}. This is what
+        ends a slowloris connection, which sends a byte every few seconds
+        and never a line, and would otherwise hold its socket and its
+        buffer forever. L{None}: no deadline.
+    @cvar abortAfter: Seconds a connection closed by a guardrail may take to
+        go (its peer reading the last replies) before it is aborted.
+    @cvar maxSweepInterval: The longest interval, in seconds, between two
+        sweeps of the open connections (see L{_sweep}).
     """
 
     protocol = SensorProtocol  # type: ignore[assignment]
+
+    abortAfter = 10.0
+    maxSweepInterval = 5.0
 
     _log = Logger()
 
@@ -567,6 +642,7 @@ class SensorServerFactory(Factory):
         logReadings: bool = True,
         accounting: Optional[IChunkObserver] = None,
         maxClockSkew: Optional[float] = DEFAULT_MAX_CLOCK_SKEW,
+        handshakeTimeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         """
         @param logReadings: Whether the default C{accounting} logs each
@@ -574,10 +650,16 @@ class SensorServerFactory(Factory):
         @param accounting: The chunk observer; by default a
             L{ChunkAccounting} on C{metrics}, logging to the global log.
         @param maxClockSkew: See C{maxClockSkew}; five minutes by default.
-        @raise ValueError: C{maxClockSkew} is negative or not a number.
+        @param handshakeTimeout: See C{handshakeTimeout}; ten seconds by
+            default (a sensor sends its first line at once; ten seconds
+            leave room for a slow TLS handshake over a poor link).
+        @raise ValueError: C{maxClockSkew} is negative or not a number, or
+            C{handshakeTimeout} is not a positive finite number.
         """
         if maxClockSkew is not None and not 0 <= maxClockSkew < math.inf:
             raise ValueError(f"maxClockSkew must be a finite number of seconds >= 0 or None, not {maxClockSkew!r}")
+        _checkTimeout("handshakeTimeout", handshakeTimeout)
+        self.handshakeTimeout = handshakeTimeout
         self.sink = sink
         self.clock = clock
         self.maxClockSkew = maxClockSkew
@@ -587,6 +669,8 @@ class SensorServerFactory(Factory):
         self.paused: Set[SensorProtocol] = set()
         self._sensorConnections: Dict[str, int] = {}
         self._writerOverloaded = False
+        self._closedFor = {reason: self.metrics.connectionsClosed.labels(reason.value) for reason in CloseReason.iterconstants()}
+        self._sweeper: Optional[LoopingCall] = None
 
     @property
     def logReadings(self) -> bool:
@@ -603,6 +687,9 @@ class SensorServerFactory(Factory):
         writer is overloaded.
         """
         self.protocols.add(protocol)
+        protocol.connectedAt = self.clock.seconds()
+        if self._sweeper is None:
+            self._startSweeping()
         self.metrics.connections.inc()
         self.metrics.connectionsOpen.inc()
         self._log.info("New connection from {peer}", peer=protocol.peer)
@@ -624,7 +711,66 @@ class SensorServerFactory(Factory):
                 self._sensorConnections[sensor] = count
             else:
                 self._sensorConnections.pop(sensor, None)
+        if not self.protocols:
+            self._stopSweeping()
         self._log.info("Connection from {peer} closed", peer=protocol.peer)
+
+    def guardrailClosed(self, protocol: SensorProtocol, reason: CloseReason, message: str) -> None:
+        """
+        A guardrail is closing C{protocol}'s connection for C{reason}
+        (C{message} says why, for the log): count and log it, and start the
+        clock after which it is aborted.
+        """
+        protocol.closingSince = self.clock.seconds()
+        self._closedFor[reason].inc()
+        self._log.warn("Closing connection from {peer}: {why}", peer=protocol.peer, why=message)
+
+    # -- the sweep: the guardrails that are about time ------------------------
+
+    def sweepInterval(self) -> float:
+        """
+        Seconds between two sweeps: a quarter of the shortest timeout, so a
+        connection is closed at most a quarter late (between 10 and 12.5 s
+        with a 10 s deadline), and at most L{maxSweepInterval}.
+        """
+        timeouts = [t for t in (self.handshakeTimeout,) if t is not None]
+        return min([self.maxSweepInterval] + [t / 4 for t in timeouts])
+
+    def _startSweeping(self) -> None:
+        # Runs only while a connection is open: a server without connections
+        # (a stopped one too) has no timer pending.
+        sweeper = self._sweeper = LoopingCall(self._sweep)
+        sweeper.clock = self.clock
+        sweeper.start(self.sweepInterval(), now=False)
+
+    def _stopSweeping(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and sweeper.running:
+            sweeper.stop()
+
+    def _sweep(self) -> None:
+        """
+        One look at every open connection: close those past the handshake
+        deadline, abort those a guardrail closed more than L{abortAfter}
+        seconds ago. A timer per connection would cost a C{callLater} and a
+        cancel per chunk (or per connection, for the deadline); this costs
+        a few attribute reads per connection per sweep instead: about 2 ms
+        for 20,000 connections (see the report of issue 10's guardrails).
+        """
+        now = self.clock.seconds()
+        handshake = self.handshakeTimeout
+        unwelcome = now - handshake if handshake is not None else -math.inf
+        abortBefore = now - self.abortAfter
+        for protocol in list(self.protocols):
+            closing = protocol.closingSince
+            if closing is not None:
+                if closing <= abortBefore and not protocol.closed:
+                    protocol.transport.abortConnection()
+            elif not protocol.greeted and protocol.connectedAt <= unwelcome:
+                protocol.closeFor(
+                    CloseReason.handshakeTimeout,
+                    f"no complete line within {_formatSeconds(cast(float, handshake))} s",
+                )
 
     def sensorConnected(self, sensor: str) -> None:
         """

@@ -30,7 +30,7 @@ from .gctuning import CollectorTuning, logThresholdFromEnvironment
 from .interfaces import IReadingSink, IStoreQueries
 from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
-from .protocol import DEFAULT_MAX_CLOCK_SKEW, ImmediateSink, PauseReason, SensorProtocol, SensorServerFactory
+from .protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CLOCK_SKEW, ImmediateSink, PauseReason, SensorProtocol, SensorServerFactory
 from .store import DEFAULT_STORE, redactURL
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class ServerConfig:
     @ivar maxClockSkew: Seconds (C{>= 0}) a reading's own timestamp may be
         ahead of the server's clock; a reading stamped later is refused (see
         C{docs/protocol.md}). L{None}: no limit.
+    @ivar handshakeTimeout: Seconds (C{> 0}) a sensor connection has to send
+        its first complete line before it is closed (slowloris); L{None}: no
+        deadline. See C{docs/protocol.md}, "Limits".
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -74,6 +77,7 @@ class ServerConfig:
     maxDelay: float = 0.002
     closeTimeout: float = 10.0
     maxClockSkew: Optional[float] = DEFAULT_MAX_CLOCK_SKEW
+    handshakeTimeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT
 
 
 class SensorServerService(MultiService):
@@ -123,7 +127,12 @@ class SensorServerService(MultiService):
             self.writer.setServiceParent(self)
             sink = self.writer
         self.factory = SensorServerFactory(
-            sink, reactor, self.metrics, config.logReadings, maxClockSkew=config.maxClockSkew
+            sink,
+            reactor,
+            self.metrics,
+            config.logReadings,
+            maxClockSkew=config.maxClockSkew,
+            handshakeTimeout=config.handshakeTimeout,
         )
         if self.writer is not None:
             self.writer.addPressureObserver(self.factory)

@@ -11,7 +11,7 @@ from typing import Optional, cast
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
-from ..protocol import DEFAULT_MAX_CLOCK_SKEW
+from ..protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CLOCK_SKEW
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
 
 
@@ -22,7 +22,7 @@ class Options(usage.Options):
 
     synopsis = (
         "[--listen ENDPOINT]... [--store URL] [--http ENDPOINT|none] [--no-log-readings] "
-        "[--max-clock-skew SECONDS|none]"
+        "[--max-clock-skew SECONDS|none] [--handshake-timeout SECONDS|0]"
     )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
@@ -42,6 +42,9 @@ class Options(usage.Options):
         ["max-clock-skew", None, f"{DEFAULT_MAX_CLOCK_SKEW:g}",
          "Refuse a reading stamped more than SECONDS ahead of the server's clock (it would pin its "
          "sensor's latest value); 'none' accepts any timestamp."],
+        ["handshake-timeout", None, f"{DEFAULT_HANDSHAKE_TIMEOUT:g}",
+         "Close a sensor connection that has not sent a complete line SECONDS after connecting "
+         "(slowloris); 0 or 'none': no deadline."],
     ]
 
     optFlags = [
@@ -78,6 +81,7 @@ class Options(usage.Options):
         if self["max-delay"] < 0:
             raise usage.UsageError("--max-delay must not be negative")
         self["max-clock-skew"] = _parseSkew(self["max-clock-skew"])
+        self["handshake-timeout"] = _parseTimeout("handshake-timeout", self["handshake-timeout"])
 
     def toConfig(self) -> ServerConfig:
         """
@@ -94,6 +98,7 @@ class Options(usage.Options):
             maxBatch=self["max-batch"],
             maxDelay=self["max-delay"],
             maxClockSkew=self["max-clock-skew"],
+            handshakeTimeout=self["handshake-timeout"],
         )
 
 
@@ -115,6 +120,25 @@ def _parseSkew(text: object) -> Optional[float]:
             f"--max-clock-skew must be a number of seconds >= 0 or 'none', not {text!r}"
         )
     return seconds
+
+
+def _parseTimeout(name: str, text: object) -> Optional[float]:
+    """
+    The value of a guardrail's timeout option: seconds, finite and C{> 0},
+    or L{None} (no limit) for C{0} or C{none}.
+
+    @raise usage.UsageError: Anything else (negative, not a number,
+        infinite).
+    """
+    if text is None or (isinstance(text, str) and text.strip().lower() == "none"):
+        return None
+    try:
+        seconds = float(cast(str, text))
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise usage.UsageError(f"--{name} must be a number of seconds >= 0 (0 or 'none': off), not {text!r}")
+    return seconds or None
 
 
 def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> SensorServerService:

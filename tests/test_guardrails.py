@@ -1,0 +1,383 @@
+"""
+The guardrails against exhaustion (issue 10, item 8): the handshake deadline
+(slowloris), the idle timeout, the junk budget and the rate limit on
+rejected-line warnings. Each is proved on a StringTransport and a fake clock,
+and over real loopback sockets with pytest-twisted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock, LoopingCall
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sensornet.accounting import ChunkAccounting
+from sensornet.metrics import ServerMetrics
+from sensornet.protocol import DEFAULT_HANDSHAKE_TIMEOUT, CloseReason, ImmediateSink, SensorServerFactory
+from sensornet.server import SensorServerService, ServerConfig
+
+TIMEOUT = 30
+CLOSED = "sensornet_connections_closed_total"
+
+
+# -- on a StringTransport and a fake clock -----------------------------------
+
+
+def makeFactory(sink: Any = None, **keywords: Any) -> SensorServerFactory:
+    """
+    A factory on a fake clock whose connections' log events go to
+    C{factory.events}.
+    """
+    events: List[dict] = []
+    metrics = ServerMetrics()
+    accounting = ChunkAccounting(metrics, False, observer=events.append)
+    factory = SensorServerFactory(sink or ImmediateSink(), Clock(), metrics, accounting=accounting, **keywords)
+    factory._log = Logger(observer=events.append)
+    factory.events = events  # type: ignore[attr-defined]
+    return factory
+
+
+def open_(factory: SensorServerFactory, port: int = 54812) -> Any:
+    """
+    One more connection of C{factory}, on a StringTransport.
+    """
+    address = IPv4Address("TCP", "10.0.2.135", port)
+    protocol = factory.buildProtocol(address)
+    protocol.makeConnection(StringTransport(peerAddress=address))
+    return protocol
+
+
+def closedFor(factory: SensorServerFactory, reason: CloseReason) -> Optional[float]:
+    return factory.metrics.registry.get_sample_value(CLOSED, {"reason": reason.value})
+
+
+def test_every_close_reason_is_exported_at_zero_from_the_start():
+    """
+    C{sensornet_connections_closed_total} has one series per L{CloseReason},
+    at 0 before any connection, so a dashboard's rate() has a baseline.
+    """
+    factory = makeFactory()
+    for reason in CloseReason.iterconstants():
+        assert closedFor(factory, reason) == 0
+
+
+def test_connection_without_a_complete_line_is_closed_at_the_handshake_deadline():
+    """
+    Bytes without a newline do not count: at C{handshakeTimeout} (10 s by
+    default) the connection gets one error line naming the limit and is
+    closed, counted under C{handshake_timeout}, and logged once.
+    """
+    factory = makeFactory()
+    assert factory.handshakeTimeout == DEFAULT_HANDSHAKE_TIMEOUT == 10
+    protocol = open_(factory)
+    clock = factory.clock
+    for _ in range(9):
+        clock.advance(1)
+        protocol.dataReceived(b"x")
+    assert not protocol.transport.disconnecting
+    clock.advance(1)
+    assert protocol.transport.value() == b"error: no complete line within 10 s; closing the connection\n"
+    assert protocol.transport.disconnecting
+    assert closedFor(factory, CloseReason.handshakeTimeout) == 1
+    # Nothing more is read from it.
+    protocol.dataReceived(b"temperature,sensor=a value=1,seq=1i\n")
+    assert protocol.transport.value().count(b"\n") == 1
+    warnings = [e for e in factory.events if e.get("why")]
+    assert [w["why"] for w in warnings] == ["no complete line within 10 s"]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"temperature,sensor=a value=1,seq=1i\n",
+        b"junk\n",  # a refused line is a complete line: the junk budget deals with it
+        "Sensor1 - Temperatura: 25.34°C".encode("utf-8"),  # the seed's idle rule
+    ],
+)
+def test_one_complete_line_meets_the_handshake_deadline(first: bytes):
+    """
+    A delimited line, refused or not, or a whole seed message taken by the
+    seed's idle rule, meets the deadline; the connection then stays open
+    however long it waits (up to the idle timeout).
+    """
+    factory = makeFactory(handshakeTimeout=1.0)
+    protocol = open_(factory)
+    protocol.dataReceived(first)
+    factory.clock.advance(0.5)
+    factory.clock.advance(60)
+    assert not protocol.transport.disconnecting
+    assert closedFor(factory, CloseReason.handshakeTimeout) == 0
+
+
+def test_blank_lines_do_not_meet_the_handshake_deadline():
+    """
+    A newline every second is not a line: a slowloris that sends only
+    blank lines is closed at the deadline all the same.
+    """
+    factory = makeFactory(handshakeTimeout=2.0)
+    protocol = open_(factory)
+    for _ in range(2):
+        protocol.dataReceived(b"\r\n")
+        factory.clock.advance(1)
+    assert protocol.transport.disconnecting
+    assert closedFor(factory, CloseReason.handshakeTimeout) == 1
+
+
+def test_no_handshake_deadline_when_disabled():
+    """
+    C{handshakeTimeout=None}: a connection may stay silent for good (as
+    before the guardrails).
+    """
+    factory = makeFactory(handshakeTimeout=None)
+    protocol = open_(factory)
+    factory.clock.advance(3600)
+    assert not protocol.transport.disconnecting
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan")])
+def test_handshake_timeout_must_be_positive_and_finite(bad: float):
+    with pytest.raises(ValueError):
+        makeFactory(handshakeTimeout=bad)
+
+
+def test_deadline_close_answers_what_came_before():
+    """
+    Replies owed when the deadline strikes are written first: a connection
+    whose readings wait for their commit (here: a sink that never answers)
+    is closed once they are answered, with the error line after them.
+    """
+    held: List[defer.Deferred] = []
+
+    class HeldSink:
+        def submit(self, readings: Any) -> defer.Deferred:
+            held.append(defer.Deferred())
+            return held[-1]
+
+    factory = makeFactory(HeldSink(), handshakeTimeout=1.0)
+    protocol = open_(factory)
+    protocol.dataReceived(b"temperature,sensor=a value=1,seq=1i\n")
+    protocol.closeFor(CloseReason.handshakeTimeout, "no complete line within 1 s")
+    protocol.closeFor(CloseReason.handshakeTimeout, "closed twice")
+    assert protocol.transport.value() == b"" and not protocol.transport.disconnecting
+    held[0].callback({})
+    assert protocol.transport.value() == b"ack 1\nerror: no complete line within 1 s; closing the connection\n"
+    assert protocol.transport.disconnecting
+    assert closedFor(factory, CloseReason.handshakeTimeout) == 1
+
+
+def test_a_closed_connection_that_does_not_go_is_aborted():
+    """
+    A peer that reads nothing keeps a closed connection open until its send
+    buffer drains, which may be never: C{abortAfter} seconds after the
+    close, the sweep aborts it.
+    """
+    factory = makeFactory(handshakeTimeout=1.0)
+    protocol = open_(factory)
+    factory.clock.advance(1)
+    assert protocol.transport.disconnecting and not protocol.transport.disconnected
+    factory.clock.advance(factory.abortAfter)
+    assert protocol.transport.disconnected, "aborted"
+
+
+def test_the_sweep_runs_only_while_a_connection_is_open():
+    """
+    The one timer of the guardrails is the factory's sweep: none before the
+    first connection, none after the last one closed (a stopped server
+    leaves no timer behind), and one however many connections are open.
+    """
+    factory = makeFactory()
+    clock = factory.clock
+    assert clock.getDelayedCalls() == []
+    protocols = [open_(factory, port) for port in range(40000, 40100)]
+    assert len(clock.getDelayedCalls()) == 1
+    for protocol in protocols:
+        protocol.connectionLost(Failure(Exception("gone")))
+    assert clock.getDelayedCalls() == []
+    open_(factory)
+    assert len(clock.getDelayedCalls()) == 1
+
+
+def test_sweep_interval_is_a_quarter_of_the_shortest_timeout_at_most_five_seconds():
+    assert makeFactory().sweepInterval() == 2.5
+    assert makeFactory(handshakeTimeout=1.0).sweepInterval() == 0.25
+    assert makeFactory(handshakeTimeout=3600.0).sweepInterval() == 5.0
+    assert makeFactory(handshakeTimeout=None).sweepInterval() == 5.0
+
+
+# -- over real loopback sockets ------------------------------------------------
+
+
+def within(d: Any, reactor: Any, seconds: float = TIMEOUT) -> defer.Deferred:
+    if not isinstance(d, defer.Deferred):
+        d = defer.ensureDeferred(d)
+    return d.addTimeout(seconds, reactor)
+
+
+def sleep(reactor: Any, seconds: float) -> defer.Deferred:
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class Peer(Protocol):
+    """
+    A client connection that records what it received and when it closed.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self.reason: Optional[Failure] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.reason = reason
+        self.closed.callback(None)
+
+
+class Dribbler(Peer):
+    """
+    Sends C{payload} (all of it, again and again) every C{interval} seconds
+    until the connection is gone, from a LoopingCall on the real reactor.
+    """
+
+    def __init__(self, reactor: Any, payload: bytes, interval: float) -> None:
+        super().__init__()
+        self.loop = LoopingCall(self.send)
+        self.loop.clock = reactor
+        self.payload = payload
+        self.interval = interval
+        self.sent = 0
+
+    def connectionMade(self) -> None:
+        self.loop.start(self.interval, now=True)
+
+    def send(self) -> None:
+        self.transport.write(self.payload)
+        self.sent += 1
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.loop.running:
+            self.loop.stop()
+        super().connectionLost(reason)
+
+
+class GoodSensor(Dribbler):
+    """
+    A well-behaved native sensor: one reading with the next seq every
+    C{interval} seconds; C{acks} counts the acknowledgements.
+    """
+
+    def __init__(self, reactor: Any, interval: float = 0.1) -> None:
+        super().__init__(reactor, b"", interval)
+
+    def send(self) -> None:
+        self.sent += 1
+        self.transport.write(b"temperature,sensor=good value=21.5,seq=%di\n" % self.sent)
+
+    @property
+    def acks(self) -> int:
+        return self.data.count(b"ack ")
+
+
+async def startServer(reactor: Any, **config: Any) -> Any:
+    server = SensorServerService(
+        ServerConfig(listen=["tcp:0:interface=127.0.0.1"], http=None, store="none", logReadings=False, **config),
+        reactor,
+    )
+    server.startService()
+    (port,) = await within(server.whenListening(), reactor)
+    return server, port.getHost().port
+
+
+async def connect(reactor: Any, port: int, protocol: Peer) -> Any:
+    return await within(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol), reactor)
+
+
+async def waitUntil(reactor: Any, predicate: Any, what: str, timeout: float = TIMEOUT) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await sleep(reactor, 0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def closeAll(reactor: Any, server: Any, peers: List[Peer]) -> None:
+    for peer in peers:
+        if peer.reason is None and peer.transport is not None:
+            peer.transport.abortConnection()
+    await within(defer.DeferredList([peer.closed for peer in peers]), reactor)
+    if server.running:
+        await within(defer.maybeDeferred(server.stopService), reactor)
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_slowloris_connections_are_closed_while_a_good_sensor_keeps_its_acks(reactor: Any):
+    """
+    50 connections each sending a byte every 0.2 s and never a newline are
+    all closed by a 1 s handshake deadline, each told why; a sensor on
+    another connection is acknowledged throughout and stays connected.
+    """
+    server, port = await startServer(reactor, handshakeTimeout=1.0)
+    peers: List[Peer] = []
+    try:
+        good = await connect(reactor, port, GoodSensor(reactor))
+        peers.append(good)
+        loris = [await connect(reactor, port, Dribbler(reactor, b"x", 0.2)) for _ in range(50)]
+        peers.extend(loris)
+        ackedBefore = good.acks
+        await within(defer.gatherResults([peer.closed for peer in loris]), reactor, 10)
+        for peer in loris:
+            assert peer.data == b"error: no complete line within 1 s; closing the connection\n"
+        assert server.metrics.registry.get_sample_value(CLOSED, {"reason": "handshake_timeout"}) == 50
+        # The good sensor kept being answered and is still connected.
+        acked = good.acks
+        assert acked > ackedBefore
+        await waitUntil(reactor, lambda: good.acks >= acked + 5, "more acknowledgements")
+        assert good.reason is None
+        assert len(server.factory.protocols) == 1
+    finally:
+        await closeAll(reactor, server, peers)
+
+
+# -- the options ---------------------------------------------------------------
+
+
+def parseServerOptions(*argv: str) -> Any:
+    from sensornet.tap.server import Options
+
+    options = Options()
+    options.parseOptions(["--store", "none", *argv])
+    return options.toConfig()
+
+
+def test_guardrail_options_default_to_the_documented_values():
+    config = parseServerOptions()
+    assert config.handshakeTimeout == 10.0
+    assert ServerConfig().handshakeTimeout == 10.0
+
+
+@pytest.mark.parametrize("off", ["0", "none", "None"])
+def test_handshake_timeout_option_zero_or_none_turns_it_off(off: str):
+    assert parseServerOptions("--handshake-timeout", off).handshakeTimeout is None
+    assert parseServerOptions("--handshake-timeout", "2.5").handshakeTimeout == 2.5
+
+
+@pytest.mark.parametrize("bad", ["-1", "soon", "inf"])
+def test_handshake_timeout_option_refuses_negative_or_nonsense(bad: str):
+    from twisted.python import usage
+
+    with pytest.raises(usage.UsageError, match="--handshake-timeout"):
+        parseServerOptions("--handshake-timeout", bad)
