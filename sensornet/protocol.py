@@ -47,6 +47,7 @@ __all__ = [
     "SEED_REPLY",
     "DEFAULT_MAX_CLOCK_SKEW",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
     "CloseReason",
     "PauseReason",
     "ImmediateSink",
@@ -89,14 +90,20 @@ class CloseReason(Values):
 
     @cvar handshakeTimeout: No complete line within the factory's
         C{handshakeTimeout} of connecting (slowloris).
+    @cvar idle: Nothing received for the factory's C{idleTimeout}.
     """
 
     handshakeTimeout = ValueConstant("handshake_timeout")
+    idle = ValueConstant("idle")
 
 
 #: Seconds a new connection has to send its first complete line (see
 #: L{SensorServerFactory.handshakeTimeout}).
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+#: Seconds a connection may stay silent (see
+#: L{SensorServerFactory.idleTimeout}).
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 #: Seconds a reading's own timestamp may be ahead of the server's clock when
 #: its line arrives (sensor clocks drift, NTP may not have run yet): five
@@ -256,12 +263,19 @@ class SensorProtocol(LineOnlyReceiver):
         self._closeWaiters: List["Deferred[None]"] = []
         # The error line written before a close the server decided on.
         self._closeMessage = b""
-        # Set by the factory: when the connection was made, and (for a
+        # Kept by the factory's sweep (SensorServerFactory._sweep): when the
+        # handshake deadline started (the connection was made, or last seen
+        # paused), when the sweep last saw data had come, and (for a
         # guardrail's close) when the close began.
         self.connectedAt = 0.0
+        self.deadlineFrom = 0.0
+        self.quietSince = 0.0
         self.closingSince: Optional[float] = None
         # Whether a complete, non-blank line came (the handshake).
         self.greeted = False
+        # Whether data came since the sweep last looked: one store per
+        # chunk, instead of a clock read or a timer reset.
+        self.heard = False
 
     # -- connection events --------------------------------------------------
 
@@ -355,6 +369,7 @@ class SensorProtocol(LineOnlyReceiver):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        self.heard = True
         if self._idleCall is not None:
             self._cancelIdle()
         lines = (self._partial + data).split(self.delimiter)
@@ -621,6 +636,13 @@ class SensorServerFactory(Factory):
         ends a slowloris connection, which sends a byte every few seconds
         and never a line, and would otherwise hold its socket and its
         buffer forever. L{None}: no deadline.
+    @ivar idleTimeout: Seconds (C{> 0}) a connection may send nothing at
+        all before it is closed with C{error: nothing received for N s;
+        closing the connection}, counted under L{CloseReason.idle}: a peer
+        that vanished without a FIN or RST (power cut, NAT state dropped)
+        would otherwise hold its socket until TCP keepalive, hours later.
+        L{None}: no limit. Time spent paused by the server (backpressure)
+        does not count, for this or for C{handshakeTimeout}.
     @cvar abortAfter: Seconds a connection closed by a guardrail may take to
         go (its peer reading the last replies) before it is aborted.
     @cvar maxSweepInterval: The longest interval, in seconds, between two
@@ -643,6 +665,7 @@ class SensorServerFactory(Factory):
         accounting: Optional[IChunkObserver] = None,
         maxClockSkew: Optional[float] = DEFAULT_MAX_CLOCK_SKEW,
         handshakeTimeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
+        idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         """
         @param logReadings: Whether the default C{accounting} logs each
@@ -653,13 +676,19 @@ class SensorServerFactory(Factory):
         @param handshakeTimeout: See C{handshakeTimeout}; ten seconds by
             default (a sensor sends its first line at once; ten seconds
             leave room for a slow TLS handshake over a poor link).
+        @param idleTimeout: See C{idleTimeout}; five minutes by default:
+            sensors send every 2 to 3 s, so a live sensor is never near it
+            (a hundred readings missed in a row), while a vanished peer's
+            socket is reclaimed in minutes rather than hours.
         @raise ValueError: C{maxClockSkew} is negative or not a number, or
-            C{handshakeTimeout} is not a positive finite number.
+            a timeout is not a positive finite number.
         """
         if maxClockSkew is not None and not 0 <= maxClockSkew < math.inf:
             raise ValueError(f"maxClockSkew must be a finite number of seconds >= 0 or None, not {maxClockSkew!r}")
         _checkTimeout("handshakeTimeout", handshakeTimeout)
+        _checkTimeout("idleTimeout", idleTimeout)
         self.handshakeTimeout = handshakeTimeout
+        self.idleTimeout = idleTimeout
         self.sink = sink
         self.clock = clock
         self.maxClockSkew = maxClockSkew
@@ -687,7 +716,7 @@ class SensorServerFactory(Factory):
         writer is overloaded.
         """
         self.protocols.add(protocol)
-        protocol.connectedAt = self.clock.seconds()
+        protocol.connectedAt = protocol.deadlineFrom = protocol.quietSince = self.clock.seconds()
         if self._sweeper is None:
             self._startSweeping()
         self.metrics.connections.inc()
@@ -733,7 +762,7 @@ class SensorServerFactory(Factory):
         connection is closed at most a quarter late (between 10 and 12.5 s
         with a 10 s deadline), and at most L{maxSweepInterval}.
         """
-        timeouts = [t for t in (self.handshakeTimeout,) if t is not None]
+        timeouts = [t for t in (self.handshakeTimeout, self.idleTimeout) if t is not None]
         return min([self.maxSweepInterval] + [t / 4 for t in timeouts])
 
     def _startSweeping(self) -> None:
@@ -751,8 +780,14 @@ class SensorServerFactory(Factory):
     def _sweep(self) -> None:
         """
         One look at every open connection: close those past the handshake
-        deadline, abort those a guardrail closed more than L{abortAfter}
-        seconds ago. A timer per connection would cost a C{callLater} and a
+        deadline or silent for C{idleTimeout}, abort those a guardrail
+        closed more than L{abortAfter} seconds ago.
+
+        Silence is measured from the sweep that last saw data had come (the
+        protocol's C{heard}), so a connection is never closed early, and at
+        most two sweep intervals late. A connection paused by the server
+        (backpressure) is not read, so its silence is ours, not its own:
+        both clocks start again while it is paused. A timer per connection would cost a C{callLater} and a
         cancel per chunk (or per connection, for the deadline); this costs
         a few attribute reads per connection per sweep instead: about 2 ms
         for 20,000 connections (see the report of issue 10's guardrails).
@@ -760,17 +795,28 @@ class SensorServerFactory(Factory):
         now = self.clock.seconds()
         handshake = self.handshakeTimeout
         unwelcome = now - handshake if handshake is not None else -math.inf
+        idle = self.idleTimeout
+        quietBefore = now - idle if idle is not None else -math.inf
         abortBefore = now - self.abortAfter
+        paused = self.paused
         for protocol in list(self.protocols):
             closing = protocol.closingSince
             if closing is not None:
                 if closing <= abortBefore and not protocol.closed:
                     protocol.transport.abortConnection()
-            elif not protocol.greeted and protocol.connectedAt <= unwelcome:
+                continue
+            if protocol.heard:
+                protocol.heard = False
+                protocol.quietSince = now
+            if protocol in paused:
+                protocol.quietSince = protocol.deadlineFrom = now
+            elif not protocol.greeted and protocol.deadlineFrom <= unwelcome:
                 protocol.closeFor(
                     CloseReason.handshakeTimeout,
                     f"no complete line within {_formatSeconds(cast(float, handshake))} s",
                 )
+            elif protocol.quietSince <= quietBefore:
+                protocol.closeFor(CloseReason.idle, f"nothing received for {_formatSeconds(cast(float, idle))} s")
 
     def sensorConnected(self, sensor: str) -> None:
         """

@@ -30,7 +30,7 @@ from .gctuning import CollectorTuning, logThresholdFromEnvironment
 from .interfaces import IReadingSink, IStoreQueries
 from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
-from .protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CLOCK_SKEW, ImmediateSink, PauseReason, SensorProtocol, SensorServerFactory
+from .protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CLOCK_SKEW, ImmediateSink, PauseReason, SensorProtocol, SensorServerFactory
 from .store import DEFAULT_STORE, redactURL
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ class ServerConfig:
     @ivar handshakeTimeout: Seconds (C{> 0}) a sensor connection has to send
         its first complete line before it is closed (slowloris); L{None}: no
         deadline. See C{docs/protocol.md}, "Limits".
+    @ivar idleTimeout: Seconds (C{> 0}) a sensor connection may send nothing
+        before it is closed; L{None}: no limit.
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -78,6 +80,7 @@ class ServerConfig:
     closeTimeout: float = 10.0
     maxClockSkew: Optional[float] = DEFAULT_MAX_CLOCK_SKEW
     handshakeTimeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT
+    idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
 
 
 class SensorServerService(MultiService):
@@ -133,6 +136,7 @@ class SensorServerService(MultiService):
             config.logReadings,
             maxClockSkew=config.maxClockSkew,
             handshakeTimeout=config.handshakeTimeout,
+            idleTimeout=config.idleTimeout,
         )
         if self.writer is not None:
             self.writer.addPressureObserver(self.factory)

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from sensornet.accounting import ChunkAccounting
 from sensornet.metrics import ServerMetrics
-from sensornet.protocol import DEFAULT_HANDSHAKE_TIMEOUT, CloseReason, ImmediateSink, SensorServerFactory
+from sensornet.protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, CloseReason, ImmediateSink, SensorServerFactory
 from sensornet.server import SensorServerService, ServerConfig
 
 TIMEOUT = 30
@@ -137,16 +137,80 @@ def test_no_handshake_deadline_when_disabled():
     C{handshakeTimeout=None}: a connection may stay silent for good (as
     before the guardrails).
     """
-    factory = makeFactory(handshakeTimeout=None)
+    factory = makeFactory(handshakeTimeout=None, idleTimeout=None)
     protocol = open_(factory)
     factory.clock.advance(3600)
     assert not protocol.transport.disconnecting
 
 
+@pytest.mark.parametrize("name", ["handshakeTimeout", "idleTimeout"])
 @pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan")])
-def test_handshake_timeout_must_be_positive_and_finite(bad: float):
-    with pytest.raises(ValueError):
-        makeFactory(handshakeTimeout=bad)
+def test_timeouts_must_be_positive_and_finite(name: str, bad: float):
+    with pytest.raises(ValueError, match=name):
+        makeFactory(**{name: bad})
+
+
+def test_silent_connection_is_closed_after_the_idle_timeout():
+    """
+    A connection that sent its line and then nothing for C{idleTimeout}
+    (300 s by default) is told why and closed, counted under C{idle}; not
+    a moment before.
+    """
+    factory = makeFactory()
+    assert factory.idleTimeout == DEFAULT_IDLE_TIMEOUT == 300
+    protocol = open_(factory)
+    protocol.dataReceived(b"temperature,sensor=a value=1,seq=1i\n")
+    protocol.transport.clear()
+    factory.clock.pump([1] * 299)
+    assert not protocol.transport.disconnecting
+    factory.clock.pump([1] * 10)
+    assert protocol.transport.value() == b"error: nothing received for 300 s; closing the connection\n"
+    assert protocol.transport.disconnecting
+    assert closedFor(factory, CloseReason.idle) == 1
+    assert closedFor(factory, CloseReason.handshakeTimeout) == 0
+
+
+def test_a_sensor_at_its_cadence_is_never_idle():
+    """
+    Any data counts, a partial line too: a sensor sending every 3 s (and
+    one dribbling bytes of a line that ends, after the handshake) stays
+    open for an hour.
+    """
+    factory = makeFactory(idleTimeout=10.0)
+    sensor = open_(factory, 1)
+    slow = open_(factory, 2)
+    slow.dataReceived(b"t,sensor=b value=1\n")
+    for second in range(3600):
+        if second % 3 == 0:
+            sensor.dataReceived(b"t,sensor=a value=1\n")
+        if second % 9 == 0:
+            slow.dataReceived(b"t")
+        factory.clock.advance(1)
+    assert not sensor.transport.disconnecting and not slow.transport.disconnecting
+
+
+def test_time_paused_by_the_server_is_not_silence():
+    """
+    While the store writer is overloaded the server reads nothing, so the
+    peers' silence is the server's doing: neither the idle timeout nor the
+    handshake deadline closes a paused connection, and both start again
+    once reading resumes.
+    """
+    factory = makeFactory(handshakeTimeout=5.0, idleTimeout=10.0)
+    greeted = open_(factory, 1)
+    greeted.dataReceived(b"t,sensor=a value=1\n")
+    fresh = open_(factory, 2)
+    factory.writerOverloaded()
+    factory.clock.pump([1] * 60)
+    assert not greeted.transport.disconnecting and not fresh.transport.disconnecting
+    factory.writerRecovered()
+    factory.clock.pump([1] * 4)
+    assert not fresh.transport.disconnecting
+    factory.clock.pump([1] * 4)
+    assert fresh.transport.disconnecting and not greeted.transport.disconnecting
+    factory.clock.pump([1] * 5)
+    assert greeted.transport.disconnecting
+    assert closedFor(factory, CloseReason.idle) == 1
 
 
 def test_deadline_close_answers_what_came_before():
@@ -211,6 +275,8 @@ def test_sweep_interval_is_a_quarter_of_the_shortest_timeout_at_most_five_second
     assert makeFactory(handshakeTimeout=1.0).sweepInterval() == 0.25
     assert makeFactory(handshakeTimeout=3600.0).sweepInterval() == 5.0
     assert makeFactory(handshakeTimeout=None).sweepInterval() == 5.0
+    assert makeFactory(handshakeTimeout=None, idleTimeout=2.0).sweepInterval() == 0.5
+    assert makeFactory(handshakeTimeout=None, idleTimeout=None).sweepInterval() == 5.0
 
 
 # -- over real loopback sockets ------------------------------------------------
@@ -352,6 +418,30 @@ async def test_slowloris_connections_are_closed_while_a_good_sensor_keeps_its_ac
         await closeAll(reactor, server, peers)
 
 
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_idle_connection_is_closed_while_a_good_sensor_stays(reactor: Any):
+    """
+    With a 1 s idle timeout, a connection that sent one reading and then
+    nothing is told why and closed; a sensor sending every 0.1 s stays.
+    """
+    server, port = await startServer(reactor, idleTimeout=1.0)
+    peers: List[Peer] = []
+    try:
+        good = await connect(reactor, port, GoodSensor(reactor))
+        quiet = await connect(reactor, port, Peer())
+        peers.extend([good, quiet])
+        quiet.transport.write(b"temperature,sensor=quiet value=1,seq=1i\n")
+        await within(quiet.closed, reactor, 10)
+        assert quiet.data == b"ack 1\nerror: nothing received for 1 s; closing the connection\n"
+        assert server.metrics.registry.get_sample_value(CLOSED, {"reason": "idle"}) == 1
+        acked = good.acks
+        await waitUntil(reactor, lambda: good.acks >= acked + 5, "more acknowledgements")
+        assert good.reason is None
+    finally:
+        await closeAll(reactor, server, peers)
+
+
 # -- the options ---------------------------------------------------------------
 
 
@@ -365,19 +455,21 @@ def parseServerOptions(*argv: str) -> Any:
 
 def test_guardrail_options_default_to_the_documented_values():
     config = parseServerOptions()
-    assert config.handshakeTimeout == 10.0
-    assert ServerConfig().handshakeTimeout == 10.0
+    assert config.handshakeTimeout == ServerConfig().handshakeTimeout == 10.0
+    assert config.idleTimeout == ServerConfig().idleTimeout == 300.0
 
 
+@pytest.mark.parametrize("option, field", [("handshake-timeout", "handshakeTimeout"), ("idle-timeout", "idleTimeout")])
 @pytest.mark.parametrize("off", ["0", "none", "None"])
-def test_handshake_timeout_option_zero_or_none_turns_it_off(off: str):
-    assert parseServerOptions("--handshake-timeout", off).handshakeTimeout is None
-    assert parseServerOptions("--handshake-timeout", "2.5").handshakeTimeout == 2.5
+def test_timeout_options_zero_or_none_turn_them_off(option: str, field: str, off: str):
+    assert getattr(parseServerOptions(f"--{option}", off), field) is None
+    assert getattr(parseServerOptions(f"--{option}", "2.5"), field) == 2.5
 
 
+@pytest.mark.parametrize("option", ["handshake-timeout", "idle-timeout"])
 @pytest.mark.parametrize("bad", ["-1", "soon", "inf"])
-def test_handshake_timeout_option_refuses_negative_or_nonsense(bad: str):
+def test_timeout_options_refuse_negative_or_nonsense(option: str, bad: str):
     from twisted.python import usage
 
-    with pytest.raises(usage.UsageError, match="--handshake-timeout"):
-        parseServerOptions("--handshake-timeout", bad)
+    with pytest.raises(usage.UsageError, match=f"--{option}"):
+        parseServerOptions(f"--{option}", bad)

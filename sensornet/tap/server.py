@@ -11,7 +11,7 @@ from typing import Optional, cast
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
-from ..protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CLOCK_SKEW
+from ..protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CLOCK_SKEW
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
 
 
@@ -22,7 +22,8 @@ class Options(usage.Options):
 
     synopsis = (
         "[--listen ENDPOINT]... [--store URL] [--http ENDPOINT|none] [--no-log-readings] "
-        "[--max-clock-skew SECONDS|none] [--handshake-timeout SECONDS|0]"
+        "[--max-clock-skew SECONDS|none] [--handshake-timeout SECONDS|0] "
+        "[--idle-timeout SECONDS|0]"
     )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
@@ -45,6 +46,8 @@ class Options(usage.Options):
         ["handshake-timeout", None, f"{DEFAULT_HANDSHAKE_TIMEOUT:g}",
          "Close a sensor connection that has not sent a complete line SECONDS after connecting "
          "(slowloris); 0 or 'none': no deadline."],
+        ["idle-timeout", None, f"{DEFAULT_IDLE_TIMEOUT:g}",
+         "Close a sensor connection that sends nothing for SECONDS; 0 or 'none': never."],
     ]
 
     optFlags = [
@@ -82,6 +85,7 @@ class Options(usage.Options):
             raise usage.UsageError("--max-delay must not be negative")
         self["max-clock-skew"] = _parseSkew(self["max-clock-skew"])
         self["handshake-timeout"] = _parseTimeout("handshake-timeout", self["handshake-timeout"])
+        self["idle-timeout"] = _parseTimeout("idle-timeout", self["idle-timeout"])
 
     def toConfig(self) -> ServerConfig:
         """
@@ -99,6 +103,7 @@ class Options(usage.Options):
             maxDelay=self["max-delay"],
             maxClockSkew=self["max-clock-skew"],
             handshakeTimeout=self["handshake-timeout"],
+            idleTimeout=self["idle-timeout"],
         )
 
 
