@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_CLOCK_SKEW",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_JUNK_BUDGET",
     "CloseReason",
     "PauseReason",
     "ImmediateSink",
@@ -91,10 +92,12 @@ class CloseReason(Values):
     @cvar handshakeTimeout: No complete line within the factory's
         C{handshakeTimeout} of connecting (slowloris).
     @cvar idle: Nothing received for the factory's C{idleTimeout}.
+    @cvar junk: The factory's C{junkBudget} lines in a row refused.
     """
 
     handshakeTimeout = ValueConstant("handshake_timeout")
     idle = ValueConstant("idle")
+    junk = ValueConstant("junk")
 
 
 #: Seconds a new connection has to send its first complete line (see
@@ -104,6 +107,10 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 #: Seconds a connection may stay silent (see
 #: L{SensorServerFactory.idleTimeout}).
 DEFAULT_IDLE_TIMEOUT = 300.0
+
+#: Refused lines in a row that close a connection (see
+#: L{SensorServerFactory.junkBudget}).
+DEFAULT_JUNK_BUDGET = 100
 
 #: Seconds a reading's own timestamp may be ahead of the server's clock when
 #: its line arrives (sensor clocks drift, NTP may not have run yet): five
@@ -276,6 +283,8 @@ class SensorProtocol(LineOnlyReceiver):
         # Whether data came since the sweep last looked: one store per
         # chunk, instead of a clock read or a timer reset.
         self.heard = False
+        # Lines refused since the last reading accepted (the junk budget).
+        self._junk = 0
 
     # -- connection events --------------------------------------------------
 
@@ -472,6 +481,35 @@ class SensorProtocol(LineOnlyReceiver):
         # After the replies are on their way: with a sink that answers at
         # once, they are written before the chunk is logged.
         factory.accounting.chunkParsed(peer, now, lines, readings, rejected)
+        if rejected:
+            self._spendJunk(readings, errorReplies)
+        elif self._junk:
+            self._junk = 0
+
+    def _spendJunk(self, readings: List[Reading], errorReplies: List[Tuple[int, bytes]]) -> None:
+        """
+        Count a chunk's refused lines against the factory's C{junkBudget}:
+        those after its last reading accepted, added to the count so far if
+        it accepted none; close the connection once the count reaches the
+        budget. Per chunk, from what the chunk's parse already gathered.
+        """
+        budget = self.factory.junkBudget
+        if budget is None:
+            return
+        if readings:
+            # The refused lines after the last reading: those whose reply
+            # comes after every reading's.
+            accepted = len(readings)
+            trailing = 0
+            for before, _ in reversed(errorReplies):
+                if before != accepted:
+                    break
+                trailing += 1
+            self._junk = trailing
+        else:
+            self._junk += len(errorReplies)
+        if self._junk >= budget:
+            self.closeFor(CloseReason.junk, f"{budget} lines in a row refused")
 
     def _stored(self, rejected: Dict[int, str], chunk: _Chunk) -> None:
         readings = chunk.readings
@@ -643,6 +681,13 @@ class SensorServerFactory(Factory):
         would otherwise hold its socket until TCP keepalive, hours later.
         L{None}: no limit. Time spent paused by the server (backpressure)
         does not count, for this or for C{handshakeTimeout}.
+    @ivar junkBudget: How many refused lines in a row (no reading accepted
+        between them) close a connection, with C{error: N lines in a row
+        refused; closing the connection}, counted under L{CloseReason.junk}:
+        a peer that sends only what the server must refuse costs a parse,
+        an error reply and a log line per line and helps nobody. Counted per
+        chunk of data: every line of the chunk that reaches the budget is
+        answered first. L{None}: no budget.
     @cvar abortAfter: Seconds a connection closed by a guardrail may take to
         go (its peer reading the last replies) before it is aborted.
     @cvar maxSweepInterval: The longest interval, in seconds, between two
@@ -666,6 +711,7 @@ class SensorServerFactory(Factory):
         maxClockSkew: Optional[float] = DEFAULT_MAX_CLOCK_SKEW,
         handshakeTimeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
+        junkBudget: Optional[int] = DEFAULT_JUNK_BUDGET,
     ) -> None:
         """
         @param logReadings: Whether the default C{accounting} logs each
@@ -680,8 +726,14 @@ class SensorServerFactory(Factory):
             sensors send every 2 to 3 s, so a live sensor is never near it
             (a hundred readings missed in a row), while a vanished peer's
             socket is reclaimed in minutes rather than hours.
-        @raise ValueError: C{maxClockSkew} is negative or not a number, or
-            a timeout is not a positive finite number.
+        @param junkBudget: See C{junkBudget}; 100 by default: a sensor with
+            a bug is told why long before its log fills (and its refused
+            lines are logged), while a sensor whose lines are refused now
+            and then (a clock ahead, a value out of range) never comes near
+            it, as any reading accepted starts the count again.
+        @raise ValueError: C{maxClockSkew} is negative or not a number, a
+            timeout is not a positive finite number, or C{junkBudget} is
+            not an integer C{>= 1}.
         """
         if maxClockSkew is not None and not 0 <= maxClockSkew < math.inf:
             raise ValueError(f"maxClockSkew must be a finite number of seconds >= 0 or None, not {maxClockSkew!r}")
@@ -689,6 +741,9 @@ class SensorServerFactory(Factory):
         _checkTimeout("idleTimeout", idleTimeout)
         self.handshakeTimeout = handshakeTimeout
         self.idleTimeout = idleTimeout
+        if junkBudget is not None and (not isinstance(junkBudget, int) or junkBudget < 1):
+            raise ValueError(f"junkBudget must be an integer >= 1 or None, not {junkBudget!r}")
+        self.junkBudget = junkBudget
         self.sink = sink
         self.clock = clock
         self.maxClockSkew = maxClockSkew

@@ -30,7 +30,16 @@ from .gctuning import CollectorTuning, logThresholdFromEnvironment
 from .interfaces import IReadingSink, IStoreQueries
 from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
-from .protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CLOCK_SKEW, ImmediateSink, PauseReason, SensorProtocol, SensorServerFactory
+from .protocol import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_JUNK_BUDGET,
+    DEFAULT_MAX_CLOCK_SKEW,
+    ImmediateSink,
+    PauseReason,
+    SensorProtocol,
+    SensorServerFactory,
+)
 from .store import DEFAULT_STORE, redactURL
 
 if TYPE_CHECKING:
@@ -69,6 +78,8 @@ class ServerConfig:
         deadline. See C{docs/protocol.md}, "Limits".
     @ivar idleTimeout: Seconds (C{> 0}) a sensor connection may send nothing
         before it is closed; L{None}: no limit.
+    @ivar junkBudget: Refused lines in a row (no reading accepted between
+        them) that close a sensor connection; L{None}: no budget.
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -81,6 +92,7 @@ class ServerConfig:
     maxClockSkew: Optional[float] = DEFAULT_MAX_CLOCK_SKEW
     handshakeTimeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT
     idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
+    junkBudget: Optional[int] = DEFAULT_JUNK_BUDGET
 
 
 class SensorServerService(MultiService):
@@ -137,6 +149,7 @@ class SensorServerService(MultiService):
             maxClockSkew=config.maxClockSkew,
             handshakeTimeout=config.handshakeTimeout,
             idleTimeout=config.idleTimeout,
+            junkBudget=config.junkBudget,
         )
         if self.writer is not None:
             self.writer.addPressureObserver(self.factory)

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from sensornet.accounting import ChunkAccounting
 from sensornet.metrics import ServerMetrics
-from sensornet.protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, CloseReason, ImmediateSink, SensorServerFactory
+from sensornet.protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_JUNK_BUDGET, CloseReason, ImmediateSink, SensorServerFactory
 from sensornet.server import SensorServerService, ServerConfig
 
 TIMEOUT = 30
@@ -270,6 +270,72 @@ def test_the_sweep_runs_only_while_a_connection_is_open():
     assert len(clock.getDelayedCalls()) == 1
 
 
+READING = b"temperature,sensor=a value=1,seq=1i\n"
+
+
+def test_a_connection_sending_only_junk_is_closed_at_the_budget():
+    """
+    The 100th refused line in a row (the default budget) closes the
+    connection: every line is answered, then the reason, counted under
+    C{junk}; the 99th does not.
+    """
+    factory = makeFactory()
+    assert factory.junkBudget == DEFAULT_JUNK_BUDGET == 100
+    protocol = open_(factory)
+    for _ in range(99):
+        protocol.dataReceived(b"junk\n")
+    assert not protocol.transport.disconnecting
+    protocol.dataReceived(b"junk\n")
+    lines = protocol.transport.value().splitlines()
+    assert len(lines) == 101
+    assert lines[-1] == b"error: 100 lines in a row refused; closing the connection"
+    assert protocol.transport.disconnecting
+    assert closedFor(factory, CloseReason.junk) == 1
+
+
+def test_a_reading_accepted_starts_the_junk_count_again():
+    """
+    Only refused lines in a row count: 99 refused, a reading, 99 refused
+    leave the connection open; within one chunk, only the refused lines
+    after its last reading count.
+    """
+    factory = makeFactory()
+    protocol = open_(factory)
+    protocol.dataReceived(b"junk\n" * 99)
+    protocol.dataReceived(READING)
+    protocol.dataReceived(b"junk\n" * 99)
+    protocol.dataReceived(b"junk\n" * 50 + READING + b"junk\n" * 60)
+    protocol.dataReceived(b"junk\n" * 39)
+    assert not protocol.transport.disconnecting
+    protocol.dataReceived(b"junk\n")
+    assert protocol.transport.disconnecting
+    # Blank lines are neither junk nor readings.
+    other = open_(factory, 2)
+    other.dataReceived(b"junk\n" * 99 + b"\n" * 500)
+    assert not other.transport.disconnecting
+
+
+def test_a_chunk_over_the_budget_is_answered_before_the_close():
+    factory = makeFactory(junkBudget=10)
+    protocol = open_(factory)
+    protocol.dataReceived(b"junk\n" * 25)
+    lines = protocol.transport.value().splitlines()
+    assert len(lines) == 26 and lines[-1] == b"error: 10 lines in a row refused; closing the connection"
+
+
+def test_no_junk_budget_when_disabled():
+    factory = makeFactory(junkBudget=None)
+    protocol = open_(factory)
+    protocol.dataReceived(b"junk\n" * 10_000)
+    assert not protocol.transport.disconnecting
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_junk_budget_must_be_a_positive_integer(bad: Any):
+    with pytest.raises(ValueError, match="junkBudget"):
+        makeFactory(junkBudget=bad)
+
+
 def test_sweep_interval_is_a_quarter_of_the_shortest_timeout_at_most_five_seconds():
     assert makeFactory().sweepInterval() == 2.5
     assert makeFactory(handshakeTimeout=1.0).sweepInterval() == 0.25
@@ -442,6 +508,34 @@ async def test_idle_connection_is_closed_while_a_good_sensor_stays(reactor: Any)
         await closeAll(reactor, server, peers)
 
 
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_junk_flooders_are_closed_after_the_budget_while_a_good_sensor_keeps_its_acks(reactor: Any):
+    """
+    Four connections sending nothing but refused lines, as fast as they
+    can, are each closed once the budget is spent, told why; a sensor on
+    another connection is acknowledged throughout.
+    """
+    server, port = await startServer(reactor, junkBudget=1000)
+    peers: List[Peer] = []
+    try:
+        good = await connect(reactor, port, GoodSensor(reactor))
+        peers.append(good)
+        await waitUntil(reactor, lambda: good.acks >= 1, "a first acknowledgement")
+        flooders = [await connect(reactor, port, Dribbler(reactor, b"not a reading\n" * 100, 0.005)) for _ in range(4)]
+        peers.extend(flooders)
+        await within(defer.gatherResults([peer.closed for peer in flooders]), reactor, 10)
+        for peer in flooders:
+            assert peer.data.endswith(b"error: 1000 lines in a row refused; closing the connection\n")
+            assert peer.data.count(b"\n") >= 1001
+        assert server.metrics.registry.get_sample_value(CLOSED, {"reason": "junk"}) == 4
+        acked = good.acks
+        await waitUntil(reactor, lambda: good.acks >= acked + 5, "more acknowledgements")
+        assert good.reason is None
+    finally:
+        await closeAll(reactor, server, peers)
+
+
 # -- the options ---------------------------------------------------------------
 
 
@@ -457,6 +551,16 @@ def test_guardrail_options_default_to_the_documented_values():
     config = parseServerOptions()
     assert config.handshakeTimeout == ServerConfig().handshakeTimeout == 10.0
     assert config.idleTimeout == ServerConfig().idleTimeout == 300.0
+    assert config.junkBudget == ServerConfig().junkBudget == 100
+
+
+def test_junk_budget_option():
+    from twisted.python import usage
+
+    assert parseServerOptions("--junk-budget", "5").junkBudget == 5
+    assert parseServerOptions("--junk-budget", "0").junkBudget is None
+    with pytest.raises(usage.UsageError, match="--junk-budget"):
+        parseServerOptions("--junk-budget", "-1")
 
 
 @pytest.mark.parametrize("option, field", [("handshake-timeout", "handshakeTimeout"), ("idle-timeout", "idleTimeout")])

@@ -11,7 +11,7 @@ from typing import Optional, cast
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
-from ..protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CLOCK_SKEW
+from ..protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_JUNK_BUDGET, DEFAULT_MAX_CLOCK_SKEW
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
 
 
@@ -23,7 +23,7 @@ class Options(usage.Options):
     synopsis = (
         "[--listen ENDPOINT]... [--store URL] [--http ENDPOINT|none] [--no-log-readings] "
         "[--max-clock-skew SECONDS|none] [--handshake-timeout SECONDS|0] "
-        "[--idle-timeout SECONDS|0]"
+        "[--idle-timeout SECONDS|0] [--junk-budget LINES|0]"
     )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
@@ -48,6 +48,9 @@ class Options(usage.Options):
          "(slowloris); 0 or 'none': no deadline."],
         ["idle-timeout", None, f"{DEFAULT_IDLE_TIMEOUT:g}",
          "Close a sensor connection that sends nothing for SECONDS; 0 or 'none': never."],
+        ["junk-budget", None, DEFAULT_JUNK_BUDGET,
+         "Close a sensor connection once LINES lines in a row were refused (no reading accepted "
+         "between them); 0: no budget.", int],
     ]
 
     optFlags = [
@@ -86,6 +89,8 @@ class Options(usage.Options):
         self["max-clock-skew"] = _parseSkew(self["max-clock-skew"])
         self["handshake-timeout"] = _parseTimeout("handshake-timeout", self["handshake-timeout"])
         self["idle-timeout"] = _parseTimeout("idle-timeout", self["idle-timeout"])
+        if self["junk-budget"] < 0:
+            raise usage.UsageError("--junk-budget must not be negative (0: no budget)")
 
     def toConfig(self) -> ServerConfig:
         """
@@ -104,6 +109,7 @@ class Options(usage.Options):
             maxClockSkew=self["max-clock-skew"],
             handshakeTimeout=self["handshake-timeout"],
             idleTimeout=self["idle-timeout"],
+            junkBudget=self["junk-budget"] or None,
         )
 
 
