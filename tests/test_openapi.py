@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 from sensornet.feed import LiveFeed
 from sensornet.metrics import ServerMetrics
 from sensornet.reading import Reading
-from sensornet.web import makeResource
+from sensornet.web import makeResource, makeSite
 from sensornet.web.params import READINGS_PARAMETERS
 from sensornet.web.testing import WebHarness
 
@@ -168,6 +168,16 @@ async def test_running_server_conforms_to_the_description(tmp_path: Path, reacto
             response = await stub.get("http://x" + path)
             body = await response.content()
             conformance.check(path, response.code, response.headers.getRawHeaders(b"content-type")[0], body)
+
+    # The live stream's refusals: a bad parameter, and one stream past the cap.
+    site = makeSite(None, LiveFeed(), ServerMetrics(), lambda: (), Clock())
+    site.stream.maxClients = 0
+    stub = StubTreq(site.resource)
+    for query in ("?sensr=x", ""):
+        response = await stub.get("http://x/api/stream" + query)
+        body = await response.content()
+        conformance.check("/api/stream", response.code, response.headers.getRawHeaders(b"content-type")[0], body,
+                          response.headers)
 
     documented = {
         (template, status)

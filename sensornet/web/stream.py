@@ -1,6 +1,6 @@
 """
 C{GET /api/stream}: the live feed of committed readings as Server-Sent
-Events.
+Events, for many viewers at once.
 
 Wire format (documented in C{docs/openapi.yaml}):
 
@@ -14,23 +14,42 @@ Wire format (documented in C{docs/openapi.yaml}):
     L{sensornet.web.encoding.readingFromRow}), in commit order. One event per
     batch rather than per reading keeps a busy server's stream to a few
     events a second; a batch holds at most L{StreamResource.maxEventReadings}
-    readings per event, bigger batches are split.
+    readings per event, bigger batches are split. A batch none of whose
+    readings pass a client's filter sends that client nothing.
   - A comment line (C{: heartbeat}) every L{StreamResource.heartbeatInterval}
     seconds, so proxies keep the connection open and clients notice a dead one.
 
-Optional query parameters C{sensor} and C{kind} narrow the stream to one
-sensor or kind.
+Optional query parameters narrow the stream, and combine (all must hold):
+C{sensor} (exactly this sensor), C{prefix} (sensors whose name starts with
+it), C{kind} (exactly this kind). An empty value means "not given". An
+unknown or repeated parameter, invalid UTF-8 or a NUL character is answered
+with C{400} and C{{"error": ..., "parameter": ...}}, as C{/api/readings} does.
+
+Cost per committed batch: the resource listens to the feed once, not once
+per client. Clients are grouped by their filter; each distinct filter's
+selection is encoded once (all unfiltered clients share one encoded event,
+clients with the same filter share theirs) and the same C{bytes} are written
+to every client of the group. So a batch costs one encoding per distinct
+filter plus one C{write} per client, whatever the client count.
+
+At most L{StreamResource.maxClients} streams are open at once; a further
+request is answered C{503} with C{Retry-After} (counted in
+C{sensornet_stream_clients_refused_total}). Note that a browser's
+C{EventSource} does not reconnect after a 503: the page must retry.
 
 Memory stays bounded per client: the stream registers as the connection's
 producer, so while the client reads slower than readings arrive, the
-transport pauses it and events wait in a per-client queue; a client whose
-queue passes L{StreamResource.maxPendingBytes} is disconnected (counted in
-C{sensornet_stream_clients_dropped}). An C{EventSource} reconnects by itself.
+transport pauses it and events wait in a per-client queue (references to the
+shared event bytes); a client whose queue passes
+L{StreamResource.maxPendingBytes} is disconnected (counted in
+C{sensornet_stream_clients_dropped_total}). An C{EventSource} reconnects by
+itself.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Set
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -43,16 +62,86 @@ from zope.interface import implementer
 from ..feed import LiveFeed
 from ..reading import Reading
 from .encoding import jsonBytes, readingFromObject
+from .params import ParameterError
 
-__all__ = ["StreamMetrics", "StreamResource"]
+__all__ = ["StreamFilter", "StreamMetrics", "StreamResource", "parseStreamFilter", "STREAM_PARAMETERS"]
+
+#: Every query parameter C{GET /api/stream} understands.
+STREAM_PARAMETERS = ("sensor", "prefix", "kind")
+
+
+@dataclass(frozen=True)
+class StreamFilter:
+    """
+    Which committed readings one stream wants; C{None} means "any". Equal
+    filters are one group: their clients share each encoded event.
+    """
+
+    sensor: Optional[str] = None
+    prefix: Optional[str] = None
+    kind: Optional[str] = None
+
+    @property
+    def everything(self) -> bool:
+        """
+        Whether this filter lets every reading through.
+        """
+        return self.sensor is None and self.prefix is None and self.kind is None
+
+    def matches(self, reading: Reading) -> bool:
+        """
+        Whether C{reading} passes every condition given.
+        """
+        return (
+            (self.sensor is None or reading.sensor == self.sensor)
+            and (self.prefix is None or reading.sensor.startswith(self.prefix))
+            and (self.kind is None or reading.kind == self.kind)
+        )
+
+
+def _single(args: Mapping[bytes, Sequence[bytes]], name: str) -> Optional[str]:
+    values = args.get(name.encode("ascii"))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ParameterError(name, f"{name} may be given only once")
+    try:
+        value = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParameterError(name, f"{name} is not valid UTF-8") from None
+    if "\x00" in value:
+        raise ParameterError(name, f"{name} must not contain a NUL character")
+    return value or None
+
+
+def parseStreamFilter(args: Mapping[bytes, Sequence[bytes]]) -> StreamFilter:
+    """
+    Validate the query of C{GET /api/stream}. Unknown parameters are refused
+    rather than ignored, so a typo (C{sensr=...}) does not silently stream
+    every sensor's readings.
+
+    @raise ParameterError: For the first bad parameter found.
+    """
+    for key in args:
+        name = key.decode("utf-8", "replace")
+        if name not in STREAM_PARAMETERS:
+            raise ParameterError(
+                name.replace("\x00", "\\x00"),
+                f"unknown parameter {name!r}; known: {', '.join(STREAM_PARAMETERS)}",
+            )
+    return StreamFilter(
+        sensor=_single(args, "sensor"), prefix=_single(args, "prefix"), kind=_single(args, "kind")
+    )
 
 
 class StreamMetrics:
     """
     The live stream's own metrics, registered in the server's registry:
-    C{sensornet_stream_clients} (open streams now) and
+    C{sensornet_stream_clients} (open streams now),
     C{sensornet_stream_clients_dropped_total} (streams closed because their
-    client fell too far behind).
+    client fell too far behind) and C{sensornet_stream_clients_refused_total}
+    (requests answered 503 because L{StreamResource.maxClients} streams were
+    open).
 
     Register once per registry (one web site per server).
     """
@@ -67,6 +156,11 @@ class StreamMetrics:
             "Live stream clients disconnected for falling too far behind.",
             registry=registry,
         )
+        self.refused = Counter(
+            "sensornet_stream_clients_refused",
+            "Live stream requests refused (503) because the most streams allowed were open.",
+            registry=registry,
+        )
 
 
 @implementer(IPushProducer)
@@ -78,16 +172,14 @@ class _StreamClient:
 
     _log = Logger()
 
-    def __init__(self, resource: "StreamResource", request: Request, sensor: Optional[str], kind: Optional[str]) -> None:
+    def __init__(self, resource: "StreamResource", request: Request, streamFilter: StreamFilter) -> None:
         self._resource = resource
         self._request = request
-        self._sensor = sensor
-        self._kind = kind
+        self.filter = streamFilter
         self._paused = False
         self._pending: List[bytes] = []
         self._pendingBytes = 0
         self.closed = False
-        self.unsubscribe: Any = None
 
     # IPushProducer: the transport calls these as its buffer fills and drains.
     def pauseProducing(self) -> None:
@@ -107,7 +199,7 @@ class _StreamClient:
     def write(self, data: bytes) -> None:
         """
         Send C{data} now, or queue it while paused; past the bound, drop the
-        client.
+        client. C{data} is shared with other clients: never changed here.
         """
         if self.closed:
             return
@@ -118,21 +210,6 @@ class _StreamClient:
         self._pendingBytes += len(data)
         if self._pendingBytes > self._resource.maxPendingBytes:
             self._drop()
-
-    def batchCommitted(self, readings: List[Reading]) -> None:
-        """
-        The feed's listener: one event per (at most C{maxEventReadings})
-        readings that pass this client's filter.
-        """
-        chosen = [
-            r for r in readings
-            if (self._sensor is None or r.sensor == self._sensor)
-            and (self._kind is None or r.kind == self._kind)
-        ]
-        step = self._resource.maxEventReadings
-        for start in range(0, len(chosen), step):
-            payload = jsonBytes([readingFromObject(r) for r in chosen[start:start + step]])
-            self.write(b"event: readings\ndata: " + payload + b"\n\n")
 
     def _drop(self) -> None:
         self._log.warn(
@@ -165,20 +242,31 @@ class _StreamClient:
 
     def connectionClosed(self, reason: object) -> None:
         """
-        The client went away (or was dropped): stop listening, forget it.
+        The client went away (or was dropped): forget it.
         """
         if self.closed:
             return
         self.closed = True
         self._pending = []
-        if self.unsubscribe is not None:
-            self.unsubscribe()
         self._resource.clientGone(self)
+
+
+def encodeEvent(readings: Sequence[Reading]) -> bytes:
+    """
+    One C{readings} event holding C{readings}, as bytes on the wire.
+    """
+    return b"event: readings\ndata: " + jsonBytes([readingFromObject(r) for r in readings]) + b"\n\n"
 
 
 class StreamResource(Resource):
     """
-    The SSE endpoint; see the module docstring for the wire format.
+    The SSE endpoint; see the module docstring for the wire format and the
+    cost per batch.
+
+    @ivar clients: Every open stream.
+    @ivar encodings: How many events were encoded so far (one per distinct
+        filter per batch, or more when a batch is split): what tests and
+        benchmarks read to see that N clients do not cost N encodings.
     """
 
     isLeaf = True
@@ -192,41 +280,109 @@ class StreamResource(Resource):
     maxEventReadings = 1000
     #: Milliseconds an EventSource waits before reconnecting.
     retryMillis = 3000
+    #: Most streams open at once; one more is answered 503. 1,000 is twice
+    #: the 500 viewers bench/stream.py measures against ingest, and bounds
+    #: what a crowd of viewers can take from the sensors sharing this
+    #: reactor: one file descriptor each (sensors need theirs: raise
+    #: C{ulimit -n} on a large fleet) and one C{write} per committed batch
+    #: each (the encoding is shared, so the cost per client is the write).
+    #: Queued events of clients that stop reading are references to shared
+    #: bytes, bounded by C{maxPendingBytes} per client.
+    maxClients = 1000
+    #: Seconds a refused client is told to wait (C{Retry-After}).
+    retryAfterSeconds = 30
 
     def __init__(self, feed: LiveFeed, clock: IReactorTime, registry: Optional[CollectorRegistry] = None) -> None:
         super().__init__()
         self._feed = feed
         self._clock = clock
         self.clients: Set[_StreamClient] = set()
+        self._groups: Dict[StreamFilter, Set[_StreamClient]] = {}
+        self._unsubscribe: Optional[Callable[[], None]] = None
         self._heartbeat: Optional[LoopingCall] = None
+        self.encodings = 0
         self.metrics = StreamMetrics(registry, self) if registry is not None else None
 
     def render_GET(self, request: Request) -> object:
         args: Dict[bytes, List[bytes]] = request.args or {}
-        sensor = (args.get(b"sensor") or [b""])[0].decode("utf-8", "replace") or None
-        kind = (args.get(b"kind") or [b""])[0].decode("utf-8", "replace") or None
+        try:
+            streamFilter = parseStreamFilter(args)
+        except ParameterError as e:
+            return self._refuse(request, 400, {"error": e.message, "parameter": e.parameter})
+        if len(self.clients) >= self.maxClients:
+            if self.metrics is not None:
+                self.metrics.refused.inc()
+            request.setHeader(b"retry-after", b"%d" % (self.retryAfterSeconds,))
+            return self._refuse(request, 503, {
+                "error": f"too many live streams open (at most {self.maxClients}); "
+                         f"retry in {self.retryAfterSeconds} s",
+            })
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         # Tell buffering reverse proxies (nginx) to pass events on at once.
         request.setHeader(b"x-accel-buffering", b"no")
-        client = _StreamClient(self, request, sensor, kind)
+        client = _StreamClient(self, request, streamFilter)
         request.registerProducer(client, True)
         request.notifyFinish().addBoth(client.connectionClosed)
         self.clients.add(client)
+        self._groups.setdefault(streamFilter, set()).add(client)
         client.write(b"retry: %d\n: sensornet live stream\n\n" % (self.retryMillis,))
-        client.unsubscribe = self._feed.subscribe(client.batchCommitted)
+        if self._unsubscribe is None:
+            self._unsubscribe = self._feed.subscribe(self.batchCommitted)
         self._startHeartbeat()
         return NOT_DONE_YET
 
+    def _refuse(self, request: Request, code: int, body: Dict[str, Any]) -> bytes:
+        data = jsonBytes(body)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-length", b"%d" % (len(data),))
+        return data
+
+    def encode(self, readings: Sequence[Reading]) -> bytes:
+        """
+        One event's bytes for C{readings}, counted in C{encodings}; the one
+        place events are encoded (a seam for tests).
+        """
+        self.encodings += 1
+        return encodeEvent(readings)
+
+    def batchCommitted(self, readings: List[Reading]) -> None:
+        """
+        The feed's one listener: per distinct filter, select and encode the
+        batch once (split every C{maxEventReadings}), then write the same
+        bytes to each of that filter's clients.
+        """
+        step = self.maxEventReadings
+        for streamFilter, group in list(self._groups.items()):
+            chosen = readings if streamFilter.everything else [r for r in readings if streamFilter.matches(r)]
+            if not chosen:
+                continue
+            events = [self.encode(chosen[start:start + step]) for start in range(0, len(chosen), step)]
+            for client in list(group):
+                for event in events:
+                    client.write(event)
+
     def clientGone(self, client: _StreamClient) -> None:
         """
-        Forget C{client}; stop the heartbeat when nobody listens.
+        Forget C{client}; stop listening to the feed and the heartbeat when
+        nobody listens.
         """
         self.clients.discard(client)
-        if not self.clients and self._heartbeat is not None:
-            if self._heartbeat.running:
-                self._heartbeat.stop()
-            self._heartbeat = None
+        group = self._groups.get(client.filter)
+        if group is not None:
+            group.discard(client)
+            if not group:
+                del self._groups[client.filter]
+        if not self.clients:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            if self._heartbeat is not None:
+                if self._heartbeat.running:
+                    self._heartbeat.stop()
+                self._heartbeat = None
 
     def _startHeartbeat(self) -> None:
         if self._heartbeat is None:
