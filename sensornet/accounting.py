@@ -11,15 +11,16 @@ wire, the factory the state connections share.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from zope.interface import implementer
 
 from .interfaces import IChunkObserver
 from .metrics import ServerMetrics
 from .reading import DIALECTS, LineError, Reading
-from .readinglog import ReadingLog, escapeText
+from .readinglog import ReadingLog, RejectedLogLimit, escapeText
 
 __all__ = ["ChunkAccounting"]
 
@@ -35,6 +36,9 @@ class ChunkAccounting:
         logged whatever this says.
     @cvar maxRejectedLogged: How many refused lines of one chunk are logged
         one by one; the rest of them are counted in one more log line.
+    @ivar rejectedLogLimit: The server-wide limit on refused lines logged
+        per second (a L{RejectedLogLimit}), or L{None}: no limit but the
+        per-chunk one.
     """
 
     maxRejectedLogged = 10
@@ -44,16 +48,29 @@ class ChunkAccounting:
         metrics: ServerMetrics,
         logReadings: bool = True,
         observer: ILogObserver = globalLogPublisher,
+        clock: Optional[IReactorTime] = None,
+        maxRejectedLogPerSecond: Optional[int] = None,
     ) -> None:
         """
         @param metrics: The server's metrics, updated here.
         @param observer: Where log events go; what twistd writes to its log
             file by default.
+        @param clock: Times the summary of refused lines not logged over
+            C{maxRejectedLogPerSecond}; required with it.
+        @param maxRejectedLogPerSecond: At most this many refused lines
+            (C{>= 1}) are logged one by one per second, across all
+            connections; L{None} or C{0}: no such limit.
         """
         self.metrics = metrics
         self.logReadings = logReadings
         self._log = Logger(namespace=__name__, observer=observer)
         self._readingLog = ReadingLog(self._log)
+        self.rejectedLogLimit: Optional[RejectedLogLimit] = None
+        if maxRejectedLogPerSecond:
+            if clock is None:
+                raise ValueError("maxRejectedLogPerSecond needs a clock")
+            self.rejectedLogLimit = RejectedLogLimit(self._readingLog, clock, maxRejectedLogPerSecond)
+        self._unlogged = metrics.rejectedLinesUnlogged
         # A reading always has one of DIALECTS; a refused line may be of
         # none ("unknown").
         self._received = {dialect: metrics.readingsReceived.labels(dialect) for dialect in DIALECTS}
@@ -93,19 +110,29 @@ class ChunkAccounting:
         unknown = self._rejected["unknown"]
         for _, error in rejected:
             self._rejected.get(error.dialect, unknown).inc()
-        # The rare chunk with refused lines: logged in line order.
-        limit = self.maxRejectedLogged
+        # The rare chunk with refused lines: logged in line order, at most
+        # maxRejectedLogged of them, and fewer if the server-wide limit
+        # says so.
+        perChunk = min(len(rejected), self.maxRejectedLogged)
+        rateLimit = self.rejectedLogLimit
+        allowed = perChunk if rateLimit is None else rateLimit.take(received, perChunk)
         start = 0
         for logged, (index, error) in enumerate(rejected):
             if logReadings and index > start:
                 log.received(peer, received, _nonBlank(lines[start:index]))
             start = index + 1
-            if logged < limit:
+            if logged < allowed:
                 log.rejected(peer, received, lines[index], error)
         if logReadings:
             log.received(peer, received, _nonBlank(lines[start:]))
-        if len(rejected) > limit:
-            log.rejectedUnlogged(peer, received, len(rejected) - limit)
+        unlogged = len(rejected) - allowed
+        if unlogged:
+            self._unlogged.inc(unlogged)
+            if allowed < perChunk:
+                # Over the server-wide limit: one summary a second.
+                cast(RejectedLogLimit, rateLimit).suppressed(unlogged)
+            else:
+                log.rejectedUnlogged(peer, received, unlogged)
 
     def chunksAnswered(self, latencies: List[float]) -> None:
         """
@@ -114,6 +141,15 @@ class ChunkAccounting:
         observe = self._ackLatency.observe
         for latency in latencies:
             observe(latency)
+
+    def flush(self) -> None:
+        """
+        Log now the summary of refused lines not logged, if one is pending,
+        and cancel its timer: what the factory does when its last
+        connection closes (so a stopped server leaves no timer).
+        """
+        if self.rejectedLogLimit is not None:
+            self.rejectedLogLimit.flush()
 
     def lineTooLong(self, peer: str, limit: int) -> None:
         """

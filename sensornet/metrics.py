@@ -67,6 +67,11 @@ class ServerMetrics:
             "Sensor connections closed by a guardrail, by reason (handshake_timeout, idle, junk).",
             ["reason"], registry=r,
         )
+        self.rejectedLinesUnlogged = Counter(
+            "sensornet_rejected_lines_unlogged",
+            "Refused lines not logged one by one (past the per-chunk cap or the per-second limit).",
+            registry=r,
+        )
         self.ackLatency = Histogram(
             "sensornet_ack_latency_seconds",
             "From receiving a chunk of readings to sending their acknowledgements.",

@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_JUNK_BUDGET",
+    "DEFAULT_MAX_REJECTED_LOG_PER_SECOND",
     "CloseReason",
     "PauseReason",
     "ImmediateSink",
@@ -111,6 +112,10 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 #: Refused lines in a row that close a connection (see
 #: L{SensorServerFactory.junkBudget}).
 DEFAULT_JUNK_BUDGET = 100
+
+#: Refused lines logged one by one per second, across all connections (see
+#: L{sensornet.readinglog.RejectedLogLimit}).
+DEFAULT_MAX_REJECTED_LOG_PER_SECOND = 20
 
 #: Seconds a reading's own timestamp may be ahead of the server's clock when
 #: its line arrives (sensor clocks drift, NTP may not have run yet): five
@@ -712,12 +717,21 @@ class SensorServerFactory(Factory):
         handshakeTimeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT,
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
         junkBudget: Optional[int] = DEFAULT_JUNK_BUDGET,
+        maxRejectedLogPerSecond: Optional[int] = DEFAULT_MAX_REJECTED_LOG_PER_SECOND,
     ) -> None:
         """
         @param logReadings: Whether the default C{accounting} logs each
             reading received (the seed's C{log.txt}).
         @param accounting: The chunk observer; by default a
-            L{ChunkAccounting} on C{metrics}, logging to the global log.
+            L{ChunkAccounting} on C{metrics}, logging to the global log, with
+            C{maxRejectedLogPerSecond}.
+        @param maxRejectedLogPerSecond: For the default C{accounting}: at
+            most this many refused lines logged one by one per second across
+            all connections (20 by default: enough to see what is wrong,
+            a few kilobytes a second at most), the rest counted in one
+            summary line a second and in
+            C{sensornet_rejected_lines_unlogged_total}. L{None} or C{0}: no
+            limit but the per-chunk one.
         @param maxClockSkew: See C{maxClockSkew}; five minutes by default.
         @param handshakeTimeout: See C{handshakeTimeout}; ten seconds by
             default (a sensor sends its first line at once; ten seconds
@@ -748,7 +762,18 @@ class SensorServerFactory(Factory):
         self.clock = clock
         self.maxClockSkew = maxClockSkew
         self.metrics = metrics if metrics is not None else ServerMetrics()
-        self.accounting = accounting if accounting is not None else ChunkAccounting(self.metrics, logReadings)
+        if maxRejectedLogPerSecond is not None and (
+            not isinstance(maxRejectedLogPerSecond, int) or maxRejectedLogPerSecond < 0
+        ):
+            raise ValueError(f"maxRejectedLogPerSecond must be an integer >= 0 or None, not {maxRejectedLogPerSecond!r}")
+        # The accounting built here is flushed when the last connection
+        # closes; one given is its giver's to look after.
+        self._ownAccounting: Optional[ChunkAccounting] = None
+        if accounting is None:
+            accounting = self._ownAccounting = ChunkAccounting(
+                self.metrics, logReadings, clock=clock, maxRejectedLogPerSecond=maxRejectedLogPerSecond
+            )
+        self.accounting = accounting
         self.protocols: Set[SensorProtocol] = set()
         self.paused: Set[SensorProtocol] = set()
         self._sensorConnections: Dict[str, int] = {}
@@ -797,6 +822,8 @@ class SensorServerFactory(Factory):
                 self._sensorConnections.pop(sensor, None)
         if not self.protocols:
             self._stopSweeping()
+            if self._ownAccounting is not None:
+                self._ownAccounting.flush()
         self._log.info("Connection from {peer} closed", peer=protocol.peer)
 
     def guardrailClosed(self, protocol: SensorProtocol, reason: CloseReason, message: str) -> None:

@@ -20,13 +20,15 @@ no sensor can move a terminal's cursor or forge a log line.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable
+import math
+from typing import Dict, Iterable, Optional
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from .reading import LineError
 
-__all__ = ["escapeText", "escapeLine", "ReadingLog"]
+__all__ = ["escapeText", "escapeLine", "ReadingLog", "RejectedLogLimit"]
 
 def escapeText(text: str) -> str:
     """
@@ -118,6 +120,17 @@ class ReadingLog:
         event["reason"] = reason
         self.logger.observer(event)
 
+    def rejectedSuppressed(self, when: float, count: int) -> None:
+        """
+        Log, as one warning, that C{count} refused lines (from any peer)
+        were not logged in the last second, over the server's limit.
+        """
+        event = self._event(LogLevel.warn, "", when)
+        del event["peer"]
+        event["log_format"] = "Rejected {count} more line(s) not logged in the last second"
+        event["count"] = count
+        self.logger.observer(event)
+
     def rejectedUnlogged(self, peer: str, when: float, count: int) -> None:
         """
         Log, as one warning, that C{count} more lines refused were not
@@ -127,6 +140,76 @@ class ReadingLog:
         event["log_format"] = "Rejected {count} more line(s) from {peer} in the same chunk, not logged one by one"
         event["count"] = count
         self.logger.observer(event)
+
+
+class RejectedLogLimit:
+    """
+    The server-wide limit on C{Rejected from ...} warnings: at most
+    C{perSecond} in each second, across all connections; what is over it is
+    counted, and one summary warning a second later says how many
+    (L{ReadingLog.rejectedSuppressed}). A flood of junk from a few peers
+    would otherwise write megabytes of log a second and cost the reactor
+    the time to write it.
+
+    A second is a window opened by the first refused line after the last
+    one closed, timed by the chunks' arrival times (the factory's clock).
+    The summary's timer exists only while something waits to be reported:
+    a server whose peers send nothing refused has no timer for this.
+    """
+
+    window = 1.0
+
+    def __init__(self, readingLog: ReadingLog, clock: IReactorTime, perSecond: int) -> None:
+        """
+        @param perSecond: Warnings allowed per second, C{>= 1}.
+        """
+        self._readingLog = readingLog
+        self._clock = clock
+        self.perSecond = perSecond
+        self._windowStart = -math.inf
+        self._logged = 0
+        self._suppressed = 0
+        self._summary: Optional[IDelayedCall] = None
+
+    def take(self, when: float, wanted: int) -> int:
+        """
+        How many of C{wanted} warnings about lines received at C{when} may
+        be logged now (and are counted as logged).
+        """
+        if when >= self._windowStart + self.window:
+            self._windowStart = when
+            self._logged = 0
+        allowed = min(wanted, self.perSecond - self._logged)
+        if allowed <= 0:
+            return 0
+        self._logged += allowed
+        return allowed
+
+    def suppressed(self, count: int) -> None:
+        """
+        C{count} warnings were not logged: say so in the summary at the end
+        of this window.
+        """
+        self._suppressed += count
+        if self._summary is None:
+            delay = max(0.0, self._windowStart + self.window - self._clock.seconds())
+            self._summary = self._clock.callLater(delay, self._report)
+
+    def _report(self) -> None:
+        self._summary = None
+        count, self._suppressed = self._suppressed, 0
+        if count:
+            self._readingLog.rejectedSuppressed(self._clock.seconds(), count)
+
+    def flush(self) -> None:
+        """
+        Log the pending summary now, if any, and cancel its timer (the
+        server is stopping, or its last connection closed).
+        """
+        if self._summary is not None:
+            if self._summary.active():
+                self._summary.cancel()
+            self._report()
 
 
 def _literal(text: str) -> str:

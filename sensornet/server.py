@@ -35,6 +35,7 @@ from .protocol import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_JUNK_BUDGET,
     DEFAULT_MAX_CLOCK_SKEW,
+    DEFAULT_MAX_REJECTED_LOG_PER_SECOND,
     ImmediateSink,
     PauseReason,
     SensorProtocol,
@@ -80,6 +81,9 @@ class ServerConfig:
         before it is closed; L{None}: no limit.
     @ivar junkBudget: Refused lines in a row (no reading accepted between
         them) that close a sensor connection; L{None}: no budget.
+    @ivar maxRejectedLogPerSecond: Refused lines logged one by one per
+        second across all sensor connections, the rest counted in a summary
+        line a second; L{None}: no limit but the per-chunk one.
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -93,6 +97,7 @@ class ServerConfig:
     handshakeTimeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT
     idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
     junkBudget: Optional[int] = DEFAULT_JUNK_BUDGET
+    maxRejectedLogPerSecond: Optional[int] = DEFAULT_MAX_REJECTED_LOG_PER_SECOND
 
 
 class SensorServerService(MultiService):
@@ -150,6 +155,7 @@ class SensorServerService(MultiService):
             handshakeTimeout=config.handshakeTimeout,
             idleTimeout=config.idleTimeout,
             junkBudget=config.junkBudget,
+            maxRejectedLogPerSecond=config.maxRejectedLogPerSecond,
         )
         if self.writer is not None:
             self.writer.addPressureObserver(self.factory)

@@ -17,12 +17,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, LoopingCall
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from sensornet.accounting import ChunkAccounting
 from sensornet.metrics import ServerMetrics
-from sensornet.protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_JUNK_BUDGET, CloseReason, ImmediateSink, SensorServerFactory
+from sensornet.protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_JUNK_BUDGET
+from sensornet.protocol import DEFAULT_MAX_REJECTED_LOG_PER_SECOND, CloseReason, ImmediateSink, SensorServerFactory
 from sensornet.server import SensorServerService, ServerConfig
 
 TIMEOUT = 30
@@ -336,6 +337,115 @@ def test_junk_budget_must_be_a_positive_integer(bad: Any):
         makeFactory(junkBudget=bad)
 
 
+UNLOGGED = "sensornet_rejected_lines_unlogged_total"
+
+
+def limitedAccounting(perSecond: int = 20) -> Any:
+    """
+    A L{ChunkAccounting} with the server-wide limit on a fake clock, its
+    log events in C{accounting.events}.
+    """
+    events: List[dict] = []
+    clock = Clock()
+    clock.advance(1000)
+    metrics = ServerMetrics()
+    accounting = ChunkAccounting(metrics, False, observer=events.append, clock=clock, maxRejectedLogPerSecond=perSecond)
+    accounting.events = events
+    accounting.clock = clock
+    return accounting
+
+
+def junkChunk(accounting: Any, peer: str = "10.0.2.135:1", lines: int = 1) -> None:
+    from sensornet.dialects import parseLine
+
+    chunk = [b"junk"] * lines
+    accounting.chunkParsed(peer, accounting.clock.seconds(), chunk, [], [(i, parseLine(l)) for i, l in enumerate(chunk)])
+
+
+def texts(events: List[dict]) -> List[str]:
+    return [formatEvent(e) for e in events]
+
+
+def test_rejected_lines_logged_are_limited_per_second_across_connections():
+    """
+    Over 20 refused lines a second from any number of peers, the rest are
+    not logged one by one: one summary line at the end of the second says
+    how many, and the counter has them; the next second logs again.
+    """
+    accounting = limitedAccounting(20)
+    for i in range(30):
+        junkChunk(accounting, f"10.0.2.{i % 3}:1")
+    logged = texts(accounting.events)
+    assert len(logged) == 20 and all(t.startswith("Rejected from 10.0.2.") for t in logged)
+    assert len(accounting.clock.getDelayedCalls()) == 1
+    accounting.clock.advance(1)
+    assert texts(accounting.events)[20:] == ["Rejected 10 more line(s) not logged in the last second"]
+    assert accounting.metrics.registry.get_sample_value(UNLOGGED) == 10
+    assert accounting.clock.getDelayedCalls() == []
+    junkChunk(accounting)
+    assert len(accounting.events) == 22
+
+
+def test_no_timer_while_nothing_is_suppressed():
+    accounting = limitedAccounting(20)
+    for _ in range(20):
+        junkChunk(accounting)
+    assert len(accounting.events) == 20
+    assert accounting.clock.getDelayedCalls() == []
+    assert accounting.metrics.registry.get_sample_value(UNLOGGED) == 0
+
+
+def test_the_per_chunk_cap_stays_and_its_lines_are_counted_as_unlogged():
+    """
+    A chunk of 100 refused lines logs 10 of them and one line for the 90
+    others (as before the limit); the second such chunk in the same second
+    logs 10 more (20 reached); the third logs none, and its 100 go into the
+    summary.
+    """
+    accounting = limitedAccounting(20)
+    junkChunk(accounting, lines=100)
+    logged = texts(accounting.events)
+    assert len(logged) == 11
+    assert logged[-1] == "Rejected 90 more line(s) from 10.0.2.135:1 in the same chunk, not logged one by one"
+    junkChunk(accounting, lines=100)
+    junkChunk(accounting, lines=100)
+    assert len(accounting.events) == 22
+    accounting.clock.advance(1)
+    assert texts(accounting.events)[-1] == "Rejected 100 more line(s) not logged in the last second"
+    assert accounting.metrics.registry.get_sample_value(UNLOGGED) == 280
+
+
+def test_the_factory_flushes_the_summary_when_its_last_connection_closes():
+    """
+    No timer outlives the connections: the summary pending when the last
+    connection closes is logged at once.
+    """
+    events: List[dict] = []
+    factory = SensorServerFactory(ImmediateSink(), Clock(), maxRejectedLogPerSecond=2, junkBudget=None)
+    assert factory.accounting.rejectedLogLimit is not None
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol = open_(factory)
+        protocol.dataReceived(b"junk\n" * 5)
+        protocol.connectionLost(Failure(Exception("gone")))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert factory.clock.getDelayedCalls() == []
+    assert "Rejected 3 more line(s) not logged in the last second" in texts(events)
+
+
+def test_rejected_log_limit_defaults_and_validation():
+    factory = makeFactory()
+    assert SensorServerFactory(ImmediateSink(), Clock()).accounting.rejectedLogLimit.perSecond == 20
+    assert DEFAULT_MAX_REJECTED_LOG_PER_SECOND == 20
+    assert SensorServerFactory(ImmediateSink(), Clock(), maxRejectedLogPerSecond=0).accounting.rejectedLogLimit is None
+    assert SensorServerFactory(ImmediateSink(), Clock(), maxRejectedLogPerSecond=None).accounting.rejectedLogLimit is None
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="maxRejectedLogPerSecond"):
+            SensorServerFactory(ImmediateSink(), Clock(), maxRejectedLogPerSecond=bad)
+    assert factory.metrics.registry.get_sample_value(UNLOGGED) == 0
+
+
 def test_sweep_interval_is_a_quarter_of_the_shortest_timeout_at_most_five_seconds():
     assert makeFactory().sweepInterval() == 2.5
     assert makeFactory(handshakeTimeout=1.0).sweepInterval() == 0.25
@@ -536,6 +646,48 @@ async def test_junk_flooders_are_closed_after_the_budget_while_a_good_sensor_kee
         await closeAll(reactor, server, peers)
 
 
+@pytest.mark.timeout(60)
+@pytest_twisted.ensureDeferred
+async def test_log_lines_are_bounded_under_a_junk_flood(reactor: Any):
+    """
+    Four connections flooding refused lines for two seconds (no junk
+    budget, so they keep going) write at most 20 refused lines a second to
+    the log plus one summary a second (and the per-chunk summaries of the
+    chunks logged), however many lines they send; a good sensor keeps its
+    acknowledgements.
+    """
+    events: List[dict] = []
+    server, port = await startServer(reactor, junkBudget=None, maxRejectedLogPerSecond=20)
+    peers: List[Peer] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        good = await connect(reactor, port, GoodSensor(reactor))
+        peers.append(good)
+        await waitUntil(reactor, lambda: good.acks >= 1, "a first acknowledgement")
+        flooders = [await connect(reactor, port, Dribbler(reactor, b"junk\n" * 500, 0.005)) for _ in range(4)]
+        peers.extend(flooders)
+        acked = good.acks
+        await sleep(reactor, 2.0)
+        for peer in flooders:
+            peer.transport.abortConnection()
+        await within(defer.gatherResults([peer.closed for peer in flooders]), reactor)
+        assert good.acks >= acked + 5 and good.reason is None
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await closeAll(reactor, server, peers)
+    logged = [formatEvent(e) for e in events if e.get("log_namespace") == "sensornet.accounting"]
+    oneByOne = [t for t in logged if t.startswith("Rejected from ")]
+    summaries = [t for t in logged if t.endswith("not logged in the last second")]
+    # 2 s of flood open at most 3 windows of a second (plus the one the
+    # flush on the last close may report).
+    assert len(oneByOne) <= 3 * 20
+    assert 1 <= len(summaries) <= 4
+    refused = server.metrics.registry.get_sample_value("sensornet_lines_rejected_total", {"dialect": "unknown"})
+    assert refused > 10_000
+    # Every refused line is logged one by one or counted as not logged.
+    assert server.metrics.registry.get_sample_value(UNLOGGED) == refused - len(oneByOne)
+
+
 # -- the options ---------------------------------------------------------------
 
 
@@ -552,6 +704,16 @@ def test_guardrail_options_default_to_the_documented_values():
     assert config.handshakeTimeout == ServerConfig().handshakeTimeout == 10.0
     assert config.idleTimeout == ServerConfig().idleTimeout == 300.0
     assert config.junkBudget == ServerConfig().junkBudget == 100
+    assert config.maxRejectedLogPerSecond == ServerConfig().maxRejectedLogPerSecond == 20
+
+
+def test_max_rejected_log_option():
+    from twisted.python import usage
+
+    assert parseServerOptions("--max-rejected-log", "5").maxRejectedLogPerSecond == 5
+    assert parseServerOptions("--max-rejected-log", "0").maxRejectedLogPerSecond is None
+    with pytest.raises(usage.UsageError, match="--max-rejected-log"):
+        parseServerOptions("--max-rejected-log", "-1")
 
 
 def test_junk_budget_option():

@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from ..protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_JUNK_BUDGET, DEFAULT_MAX_CLOCK_SKEW
+from ..protocol import DEFAULT_MAX_REJECTED_LOG_PER_SECOND
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
 
 
@@ -23,7 +24,8 @@ class Options(usage.Options):
     synopsis = (
         "[--listen ENDPOINT]... [--store URL] [--http ENDPOINT|none] [--no-log-readings] "
         "[--max-clock-skew SECONDS|none] [--handshake-timeout SECONDS|0] "
-        "[--idle-timeout SECONDS|0] [--junk-budget LINES|0]"
+        "[--idle-timeout SECONDS|0] [--junk-budget LINES|0] "
+        "[--max-rejected-log N|0]"
     )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
@@ -51,6 +53,9 @@ class Options(usage.Options):
         ["junk-budget", None, DEFAULT_JUNK_BUDGET,
          "Close a sensor connection once LINES lines in a row were refused (no reading accepted "
          "between them); 0: no budget.", int],
+        ["max-rejected-log", None, DEFAULT_MAX_REJECTED_LOG_PER_SECOND,
+         "Log at most N refused lines per second across all sensor connections; the rest are counted "
+         "in one summary line a second; 0: no limit but 10 per chunk of data.", int],
     ]
 
     optFlags = [
@@ -91,6 +96,8 @@ class Options(usage.Options):
         self["idle-timeout"] = _parseTimeout("idle-timeout", self["idle-timeout"])
         if self["junk-budget"] < 0:
             raise usage.UsageError("--junk-budget must not be negative (0: no budget)")
+        if self["max-rejected-log"] < 0:
+            raise usage.UsageError("--max-rejected-log must not be negative (0: no limit)")
 
     def toConfig(self) -> ServerConfig:
         """
@@ -110,6 +117,7 @@ class Options(usage.Options):
             handshakeTimeout=self["handshake-timeout"],
             idleTimeout=self["idle-timeout"],
             junkBudget=self["junk-budget"] or None,
+            maxRejectedLogPerSecond=self["max-rejected-log"] or None,
         )
 
 
