@@ -100,9 +100,10 @@ def test_each_batch_is_encoded_once_per_distinct_filter():
     Fifty unfiltered clients, ten on one sensor and ten on one prefix cost
     three encodings per batch, not seventy; every client of a group gets the
     very same bytes; a filter nothing in the batch matches costs nothing;
-    the feed has one listener whatever the client count.
+    the feed has one listener whatever the client count. (Written at once
+    here; coalesced writes are tested below.)
     """
-    site = _Site()
+    site = _Site(coalesceAbove=100)
     everything = [site.open() for _ in range(50)]
     oneSensor = [site.open(b"?sensor=barn-1") for _ in range(10)]
     onePrefix = [site.open(b"?prefix=greenhouse-") for _ in range(10)]
@@ -303,3 +304,52 @@ async def test_filtered_streams_over_loopback(tmp_path: Path, reactor: Any):
     finally:
         await within(harness.stop(), reactor)
     assert len(harness.feed) == 0
+
+
+def test_many_clients_get_batches_coalesced_in_order():
+    """
+    Above coalesceAbove open streams, events wait up to coalesceSeconds and
+    go out in one write per client, one event per batch, in commit order,
+    each still encoded once; after the flush, with few clients again,
+    batches are written at once.
+    """
+    site = _Site(coalesceAbove=2)
+    clients = [site.open() for _ in range(3)]
+    for transport, _ in clients:
+        transport.clear()
+    for seq in range(3):
+        site.feed.publish([_reading("s", seq=seq)])
+    assert all(transport.value() == b"" for transport, _ in clients)
+    assert site.stream.encodings == 3
+    writes: List[int] = []
+    original = clients[0][0].write
+    clients[0][0].write = lambda data: writes.append(1) or original(data)  # type: ignore
+    site.clock.advance(site.stream.coalesceSeconds)
+    for transport, _ in clients:
+        assert [[r["seq"] for r in event] for event in _events(transport)] == [[0], [1], [2]]
+    assert len(writes) <= 2, "one chunk (the transport may split header and body)"
+
+    # A batch while a flush is pending waits for it even if clients left.
+    site.feed.publish([_reading("s", seq=3)])
+    clients[2][1].connectionLost(Exception("gone"))
+    clients[1][1].connectionLost(Exception("gone"))
+    site.feed.publish([_reading("s", seq=4)])
+    assert [r["seq"] for event in _events(clients[0][0]) for r in event] == [0, 1, 2]
+    site.clock.advance(site.stream.coalesceSeconds)
+    assert [r["seq"] for event in _events(clients[0][0]) for r in event] == [0, 1, 2, 3, 4]
+    site.feed.publish([_reading("s", seq=5)])
+    assert [r["seq"] for event in _events(clients[0][0]) for r in event] == [0, 1, 2, 3, 4, 5]
+
+
+def test_close_all_cancels_a_pending_flush():
+    """
+    A stopping server leaves no timer behind, coalesced events or not.
+    """
+    site = _Site(coalesceAbove=0)
+    clients = [site.open(), site.open(b"?prefix=s")]
+    site.feed.publish([_reading("s")])
+    assert site.stream._flushCall is not None
+    site.stream.closeAll()
+    for _, channel in clients:
+        channel.connectionLost(Exception("closed by the server"))
+    assert not site.clock.getDelayedCalls()
