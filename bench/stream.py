@@ -262,16 +262,19 @@ def main() -> None:
     parser.add_argument("--sensors", type=int, default=250, help="sensors, one connection each (default 250)")
     parser.add_argument("--rate", type=float, default=1000.0, help="readings/s offered by them (default 1000)")
     parser.add_argument("--subscribers", type=int, default=500, help="stream clients (default 500)")
+    parser.add_argument("--rows", default="none,reading,idle",
+                        help="which rows, comma-separated: none, reading, idle (default all three)")
     args = parser.parse_args()
     raiseFileLimit(args.sensors + args.subscribers + 200)
     rows = []
     with tempfile.TemporaryDirectory(prefix="sensornet-bench-stream-") as workdir:
-        for name, count, reading in (
-            ("0 subscribers", 0, True),
-            (f"{args.subscribers} reading", args.subscribers, True),
-            (f"{args.subscribers} not reading", args.subscribers, False),
+        for key, name, count, reading in (
+            ("none", "0 subscribers", 0, True),
+            ("reading", f"{args.subscribers} reading", args.subscribers, True),
+            ("idle", f"{args.subscribers} not reading", args.subscribers, False),
         ):
-            rows.append(measureRow(name, count, reading, args, workdir))
+            if key in args.rows.split(","):
+                rows.append(measureRow(name, count, reading, args, workdir))
     available = sorted(os.sched_getaffinity(0))
     print(f"offered: {args.rate:,.0f} readings/s from {args.sensors} sensors plus a probe every "
           f"{PROBE_INTERVAL * 1000:.0f} ms, {args.duration:.0f} s per row, SQLite; "
