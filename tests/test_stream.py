@@ -10,6 +10,7 @@ plus one test over real loopback.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any, List, Tuple
 
@@ -288,6 +289,11 @@ async def test_filtered_streams_over_loopback(tmp_path: Path, reactor: Any):
         await within(everything.whenContains(b"retry:"), reactor)
         await within(greenhouse.whenContains(b"retry:"), reactor)
         assert len(harness.feed) == 1
+        stream = harness.site.stream  # type: ignore[union-attr]
+        for client in stream.clients:
+            handle = client._request.channel.transport.getHandle()
+            # Linux reports twice what was set (its bookkeeping overhead).
+            assert handle.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * stream.socketSendBuffer
         bad, _ = await openStream(reactor, harness.url + "/api/stream?sensor=%FF")
         assert bad.code == 400
 
