@@ -2,7 +2,7 @@
 The live stream against ingest: does a crowd of SSE viewers slow the
 sensors down?
 
-    python bench/stream.py [--duration 20] [--sensors 250] [--rate 1000] [--subscribers 500]
+    python bench/stream.py [--duration 20] [--sensors 250] [--rate 1000] [--subscribers 500] [--rows none,reading,idle]
 
 For each row a fresh sensornet server (SQLite in a temporary directory,
 HTTP on 127.0.0.1) gets a steady offered load of --rate readings/s from
