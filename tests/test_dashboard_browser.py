@@ -208,3 +208,59 @@ async def test_dashboard_draws_stored_and_live_readings_in_a_real_browser(tmp_pa
     assert seen["sameDocument"] is True
     assert seen["cardCount"] == 4
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10000
+
+
+def browseRefusedStream(url: str, harness: WebHarness, reactor: Any) -> Dict[str, Any]:
+    """
+    Runs in a thread: load the page while the server refuses every live
+    stream (its cap is 0), see the page say so, let the server take streams
+    again, move the page's clock past the retry delay, and see it live.
+    """
+    from playwright.sync_api import sync_playwright
+
+    stream = harness.site.stream
+    seen: Dict[str, Any] = {"console": []}
+    with tempfile.TemporaryDirectory(prefix="sensornet-chromium-") as profile, sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=chromiumPath(), args=CHROMIUM_ARGS, headless=True,
+        )
+        try:
+            page = context.new_page()
+            page.on("pageerror", lambda e: seen["console"].append(f"pageerror: {e}"))
+            page.set_default_timeout(20000)
+            # The page's timers run on a clock the test moves, so the 30 s
+            # retry costs no real time.
+            page.clock.install()
+            page.goto(url, wait_until="load")
+            page.wait_for_function("() => document.getElementById('status').dataset.state === 'error'")
+            blockingCallFromThread(reactor, setattr, stream, "maxClients", 1000)
+            page.clock.run_for(31000)
+            page.wait_for_function("() => document.getElementById('status').dataset.state === 'live'")
+            seen["liveAfterRetry"] = True
+        finally:
+            context.close()
+    return seen
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_dashboard_retries_a_stream_the_server_refused(tmp_path: Path, reactor: Any):
+    """
+    A browser's EventSource gives up for good on the 503 a server at its cap
+    of live streams answers; the dashboard then shows the stream as broken
+    and opens a new one 30 s later, and is live again once the server takes
+    it.
+    """
+    harness = WebHarness(tmp_path, reactor)
+    await within(harness.start(), reactor)
+    harness.site.stream.maxClients = 0
+    try:
+        seen = await within(
+            threads.deferToThread(browseRefusedStream, harness.url + "/", harness, reactor), reactor, 100,
+        )
+        refused = harness.metrics.registry.get_sample_value("sensornet_stream_clients_refused_total")
+    finally:
+        await within(harness.stop(), reactor)
+    assert seen["console"] == []
+    assert refused is not None and refused >= 1
+    assert seen["liveAfterRetry"] is True

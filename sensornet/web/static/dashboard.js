@@ -433,9 +433,14 @@
     scheduleDraw();
   }
 
-  function connectStream() {
+  // An EventSource retries by itself after a dropped connection, but gives
+  // up for good on an answer that is not a stream (the server's 503 when it
+  // has as many live streams as it allows): then start a new one later.
+  const STREAM_RETRY_MS = 30000;
+
+  function connectStream(wasBroken) {
     const source = new EventSource("api/stream");
-    let broken = false;
+    let broken = Boolean(wasBroken);
     source.addEventListener("open", () => {
       setStatus("live", "live");
       if (broken) {
@@ -448,6 +453,10 @@
     source.addEventListener("error", () => {
       broken = true;
       setStatus("error", "reconnecting…");
+      if (source.readyState === EventSource.CLOSED) {
+        source.close();
+        setTimeout(() => connectStream(true), STREAM_RETRY_MS);
+      }
     });
     source.addEventListener("readings", (event) => {
       for (const r of JSON.parse(event.data)) readingArrived(r);
