@@ -673,14 +673,18 @@ async def test_log_lines_are_bounded_under_a_junk_flood(reactor: Any):
         await within(defer.gatherResults([peer.closed for peer in flooders]), reactor)
         assert good.acks >= acked + 5 and good.reason is None
     finally:
-        globalLogPublisher.removeObserver(events.append)
-        await closeAll(reactor, server, peers)
+        # Lines the server still had from the flooders are logged (or
+        # counted) while it closes: watch the log until it has.
+        try:
+            await closeAll(reactor, server, peers)
+        finally:
+            globalLogPublisher.removeObserver(events.append)
     logged = [formatEvent(e) for e in events if e.get("log_namespace") == "sensornet.accounting"]
     oneByOne = [t for t in logged if t.startswith("Rejected from ")]
     summaries = [t for t in logged if t.endswith("not logged in the last second")]
-    # 2 s of flood open at most 3 windows of a second (plus the one the
-    # flush on the last close may report).
-    assert len(oneByOne) <= 3 * 20
+    # 2 s of flood open at most 3 windows of a second, and the close may
+    # start one more.
+    assert len(oneByOne) <= 4 * 20
     assert 1 <= len(summaries) <= 4
     refused = server.metrics.registry.get_sample_value("sensornet_lines_rejected_total", {"dialect": "unknown"})
     assert refused > 10_000

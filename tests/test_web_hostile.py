@@ -194,9 +194,10 @@ async def test_hostile_requests_get_400_or_404_never_500_nor_a_logged_traceback(
 async def test_hostile_methods_and_streams_never_get_a_500(anyStore: WebHarness, reactor: Any):
     """
     A method a resource does not serve gets 405, a method the server never
-    serves 501 (Twisted's answer: not a failure); a live stream filtered on a
-    name that is not UTF-8, holds a NUL or is very long opens (it matches
-    nothing) and closes cleanly; nothing logs a traceback.
+    serves 501 (Twisted's answer: not a failure); a live stream asked for
+    with a filter that is not UTF-8, holds a NUL or is repeated gets 400, and
+    one filtered on a very long name opens (it matches nothing) and closes
+    cleanly; nothing logs a traceback.
     """
     with loggedFailures() as failures:
         for method, path, expected in [
@@ -207,12 +208,14 @@ async def test_hostile_methods_and_streams_never_get_a_500(anyStore: WebHarness,
         ]:
             code, _ = await get(reactor, anyStore.url + path, method)
             assert code == expected, (method, path)
-        for query in ("sensor=%ff%00", "kind=%00&kind=x", "sensor=" + "x" * 5000):
-            response, collector = await openStream(reactor, anyStore.url + "/api/stream?" + query)
-            assert response.code == 200
-            await within(collector.whenContains(b"retry:"), reactor)
-            collector.transport.stopProducing()
-            await within(collector.done, reactor)
+        for query in ("sensor=%ff", "sensor=a%00", "kind=%00&kind=x", "prefix=%c3"):
+            code, _ = await get(reactor, anyStore.url + "/api/stream?" + query)
+            assert code == 400, query
+        response, collector = await openStream(reactor, anyStore.url + "/api/stream?sensor=" + "x" * 5000)
+        assert response.code == 200
+        await within(collector.whenContains(b"retry:"), reactor)
+        collector.transport.stopProducing()
+        await within(collector.done, reactor)
     assert [event.get("log_format") for event in failures] == []
 
 
