@@ -121,31 +121,11 @@ class Options(usage.Options):
         )
 
 
-def _parseSkew(text: object) -> Optional[float]:
+def _parseSeconds(name: str, text: object, what: str) -> Optional[float]:
     """
-    The value of C{--max-clock-skew}: seconds, finite and C{>= 0}, or
-    L{None} for C{none} (no limit).
+    Seconds, finite and C{>= 0}, from option C{--name}; L{None} for C{none}.
 
-    @raise usage.UsageError: Anything else.
-    """
-    if text is None or (isinstance(text, str) and text.strip().lower() == "none"):
-        return None
-    try:
-        seconds = float(cast(str, text))
-    except ValueError:
-        seconds = math.nan
-    if not 0 <= seconds < math.inf:
-        raise usage.UsageError(
-            f"--max-clock-skew must be a number of seconds >= 0 or 'none', not {text!r}"
-        )
-    return seconds
-
-
-def _parseTimeout(name: str, text: object) -> Optional[float]:
-    """
-    The value of a guardrail's timeout option: seconds, finite and C{> 0},
-    or L{None} (no limit) for C{0} or C{none}.
-
+    @param what: How the error message describes the accepted values.
     @raise usage.UsageError: Anything else (negative, not a number,
         infinite).
     """
@@ -156,8 +136,25 @@ def _parseTimeout(name: str, text: object) -> Optional[float]:
     except ValueError:
         seconds = math.nan
     if not 0 <= seconds < math.inf:
-        raise usage.UsageError(f"--{name} must be a number of seconds >= 0 (0 or 'none': off), not {text!r}")
-    return seconds or None
+        raise usage.UsageError(f"--{name} must be {what}, not {text!r}")
+    return seconds
+
+
+def _parseSkew(text: object) -> Optional[float]:
+    """
+    The value of C{--max-clock-skew}: seconds, finite and C{>= 0} (C{0}
+    refuses any timestamp after the server's clock), or L{None} for C{none}
+    (no limit).
+    """
+    return _parseSeconds("max-clock-skew", text, "a number of seconds >= 0 or 'none'")
+
+
+def _parseTimeout(name: str, text: object) -> Optional[float]:
+    """
+    The value of a guardrail's timeout option: seconds, finite and C{> 0},
+    or L{None} (no limit) for C{0} or C{none}.
+    """
+    return _parseSeconds(name, text, "a number of seconds >= 0 (0 or 'none': off)") or None
 
 
 def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> SensorServerService:

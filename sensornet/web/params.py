@@ -22,6 +22,7 @@ __all__ = [
     "ReadingsQuery",
     "parseReadingsQuery",
     "parseTime",
+    "singleParameter",
     "wantsCSV",
     "DEFAULT_LIMIT",
     "READINGS_PARAMETERS",
@@ -102,7 +103,14 @@ def parseTime(name: str, text: str) -> float:
     return seconds
 
 
-def _single(args: Mapping[bytes, Sequence[bytes]], name: str) -> Optional[str]:
+def singleParameter(args: Mapping[bytes, Sequence[bytes]], name: str) -> Optional[str]:
+    """
+    The one value of query parameter C{name}, decoded, or L{None} when it
+    is absent.
+
+    @raise ParameterError: It is given more than once, is not UTF-8, or
+        holds a NUL character.
+    """
     values = args.get(name.encode("ascii"))
     if not values:
         return None
@@ -136,7 +144,7 @@ def parseReadingsQuery(args: Mapping[bytes, Sequence[bytes]]) -> ReadingsQuery:
                 f"unknown parameter {name!r}; known: {', '.join(READINGS_PARAMETERS)}",
             )
     values: Dict[str, Optional[str]] = {
-        name: (_single(args, name) or None) for name in READINGS_PARAMETERS
+        name: (singleParameter(args, name) or None) for name in READINGS_PARAMETERS
     }
     since = parseTime("since", values["since"]) if values["since"] else None
     until = parseTime("until", values["until"]) if values["until"] else None

@@ -68,7 +68,7 @@ from zope.interface import implementer
 from ..feed import LiveFeed
 from ..reading import Reading
 from .encoding import jsonBytes, readingFromObject
-from .params import ParameterError
+from .params import ParameterError, singleParameter
 
 __all__ = ["StreamFilter", "StreamMetrics", "StreamResource", "parseStreamFilter", "STREAM_PARAMETERS"]
 
@@ -105,19 +105,9 @@ class StreamFilter:
         )
 
 
-def _single(args: Mapping[bytes, Sequence[bytes]], name: str) -> Optional[str]:
-    values = args.get(name.encode("ascii"))
-    if not values:
-        return None
-    if len(values) > 1:
-        raise ParameterError(name, f"{name} may be given only once")
-    try:
-        value = values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ParameterError(name, f"{name} is not valid UTF-8") from None
-    if "\x00" in value:
-        raise ParameterError(name, f"{name} must not contain a NUL character")
-    return value or None
+def _filterValue(args: Mapping[bytes, Sequence[bytes]], name: str) -> Optional[str]:
+    # An empty value means "not given", as for /api/readings.
+    return singleParameter(args, name) or None
 
 
 def parseStreamFilter(args: Mapping[bytes, Sequence[bytes]]) -> StreamFilter:
@@ -136,7 +126,7 @@ def parseStreamFilter(args: Mapping[bytes, Sequence[bytes]]) -> StreamFilter:
                 f"unknown parameter {name!r}; known: {', '.join(STREAM_PARAMETERS)}",
             )
     return StreamFilter(
-        sensor=_single(args, "sensor"), prefix=_single(args, "prefix"), kind=_single(args, "kind")
+        sensor=_filterValue(args, "sensor"), prefix=_filterValue(args, "prefix"), kind=_filterValue(args, "kind")
     )
 
 
