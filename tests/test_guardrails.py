@@ -555,6 +555,16 @@ async def waitUntil(reactor: Any, predicate: Any, what: str, timeout: float = TI
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def stillAcknowledged(reactor: Any, good: "GoodSensor") -> None:
+    """
+    Wait for five more acknowledgements to C{good}, whose connection must
+    still be open: what "a well-behaved sensor keeps its acks" means here.
+    """
+    acked = good.acks
+    await waitUntil(reactor, lambda: good.acks >= acked + 5, "more acknowledgements")
+    assert good.reason is None
+
+
 async def closeAll(reactor: Any, server: Any, peers: List[Peer]) -> None:
     for peer in peers:
         if peer.reason is None and peer.transport is not None:
@@ -611,9 +621,7 @@ async def test_idle_connection_is_closed_while_a_good_sensor_stays(reactor: Any)
         await within(quiet.closed, reactor, 10)
         assert quiet.data == b"ack 1\nerror: nothing received for 1 s; closing the connection\n"
         assert server.metrics.registry.get_sample_value(CLOSED, {"reason": "idle"}) == 1
-        acked = good.acks
-        await waitUntil(reactor, lambda: good.acks >= acked + 5, "more acknowledgements")
-        assert good.reason is None
+        await stillAcknowledged(reactor, good)
     finally:
         await closeAll(reactor, server, peers)
 
@@ -639,9 +647,7 @@ async def test_junk_flooders_are_closed_after_the_budget_while_a_good_sensor_kee
             assert peer.data.endswith(b"error: 1000 lines in a row refused; closing the connection\n")
             assert peer.data.count(b"\n") >= 1001
         assert server.metrics.registry.get_sample_value(CLOSED, {"reason": "junk"}) == 4
-        acked = good.acks
-        await waitUntil(reactor, lambda: good.acks >= acked + 5, "more acknowledgements")
-        assert good.reason is None
+        await stillAcknowledged(reactor, good)
     finally:
         await closeAll(reactor, server, peers)
 
