@@ -1,0 +1,454 @@
+"""
+The compact store's logic, shared by both backends, which only add SQL.
+
+Schema 2 keeps a reading in three places over its life (see
+C{docs/storage.md}):
+
+  1. A write batch becomes one I{fresh} row per series it touches
+     (L{planBatch}, L{freshRows}), and one update of each series' summary
+     row (L{summaryRows}): the cost per batch grows with the series in it,
+     not with its readings, and every loop over readings here is one pass.
+  2. The compactor, off the hot path, merges fresh rows older than a few
+     seconds into compressed per-series I{blocks} (L{compact}), one block per
+     series and hour, and folds exactly those readings into the 1-minute
+     and 1-hour rollups in the same transaction: a reading enters the
+     rollups once, when its fresh row is deleted, so resends, duplicates and
+     crashes never count twice.
+  3. Expiry deletes blocks and rollup rows older than their tier's
+     retention, a few series at a time.
+
+Exactly once: a reading with a seq is new when its seq is above its
+sensor's high-water mark (the greatest seq stored for it), which is the
+common case and costs a comparison. At or below it, it may be a resend; it
+is then looked up among the sensor's stored seqs (L{settleCandidates}),
+a slow path only resends take.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+from ..reading import Reading
+from .codec import NO_SEQ, Columns, Rollup, concatenate, decodeBlock, decodeFresh, encodeBlock, encodeFresh, rollups
+
+__all__ = [
+    "MINUTE",
+    "HOUR",
+    "SensorState",
+    "SeriesEntry",
+    "BatchPlan",
+    "planBatch",
+    "settleCandidates",
+    "freshRows",
+    "summaryRows",
+    "CompactionPlan",
+    "compact",
+    "toMicroseconds",
+    "fromMicroseconds",
+    "assembleReadings",
+]
+
+#: Rollup bucket widths, in microseconds.
+MINUTE = 60_000_000
+HOUR = 3_600_000_000
+
+#: A block never spans more than this (microseconds): queries that walk
+#: blocks in order of their last reading's time can then stop early.
+BLOCK_SPAN = HOUR
+
+
+def toMicroseconds(seconds: float) -> int:
+    """
+    Float seconds since the epoch as integer microseconds.
+    """
+    return int(round(seconds * 1_000_000))
+
+
+def fromMicroseconds(micro: int) -> float:
+    """
+    Integer microseconds as float seconds since the epoch.
+    """
+    return micro / 1_000_000
+
+
+class SensorState:
+    """
+    What the write path keeps in memory about one sensor.
+
+    @ivar id: The sensor's row id.
+    @ivar highWater: The greatest seq stored for it (over all its kinds), or
+        -1.
+    """
+
+    __slots__ = ("id", "highWater")
+
+    def __init__(self, id: int, highWater: int) -> None:
+        self.id = id
+        self.highWater = highWater
+
+
+class SeriesEntry(NamedTuple):
+    """
+    A series' row id and its sensor's state.
+    """
+
+    id: int
+    sensor: SensorState
+
+
+class BatchPlan(NamedTuple):
+    """
+    What one write batch does.
+
+    @ivar groups: The newly stored readings, by series id.
+    @ivar indexes: For each series id, the indexes (in the batch) of its
+        newly stored readings, in the order of C{groups}.
+    @ivar duplicates: Indexes of the readings dropped as already stored,
+        ascending.
+    @ivar nextId: The next free reading id after this batch.
+    """
+
+    groups: Dict[int, Columns]
+    indexes: Dict[int, List[int]]
+    duplicates: List[int]
+    nextId: int
+
+
+def planBatch(
+    readings: Sequence[Reading],
+    series: Callable[[str, str], SeriesEntry],
+    origin: Callable[[str, str, str], int],
+    nextId: int,
+    storedSeqs: Callable[[SensorState, int, int], Set[int]],
+) -> BatchPlan:
+    """
+    Sort C{readings} into per-series columns, dropping those already stored.
+
+    @param series: Gives the series of (sensor, kind), creating it if new;
+        called once per reading, so it should answer from a cache.
+    @param origin: Gives the id of (unit, peer, dialect), likewise.
+    @param nextId: The first reading id to give out.
+    @param storedSeqs: Gives the seqs stored for a sensor between two seqs
+        (inclusive); called only for readings at or below their sensor's
+        high-water mark.
+
+    High-water marks in the L{SensorState}s are advanced as readings are
+    accepted: if the batch is not committed, the caller must forget them.
+    """
+    groups: Dict[int, Columns] = {}
+    indexes: Dict[int, List[int]] = {}
+    candidates: List[int] = []
+    entries: List[Optional[SeriesEntry]] = []
+    lastOriginKey: Tuple[str, str, str] = ("", "", "")
+    lastOrigin = -1
+    nid = nextId
+    for i, r in enumerate(readings):
+        entry = series(r.sensor, r.kind)
+        seq = r.seq
+        if seq is not None:
+            state = entry.sensor
+            if seq > state.highWater:
+                state.highWater = seq
+            else:
+                candidates.append(i)
+                entries.append(entry)
+                continue
+        else:
+            seq = NO_SEQ
+        entries.append(entry)
+        key = (r.unit, r.peer, r.dialect)
+        if key != lastOriginKey:
+            lastOrigin = origin(*key)
+            lastOriginKey = key
+        group = groups.get(entry.id)
+        if group is None:
+            group = groups[entry.id] = Columns.empty()
+            indexes[entry.id] = []
+        indexes[entry.id].append(i)
+        received = int(round(r.received_at * 1_000_000))
+        group.ids.append(nid)
+        group.ts.append(received if r.ts is None else int(round(r.ts * 1_000_000)))
+        group.seqs.append(seq)
+        group.values.append(r.value)
+        group.received.append(received)
+        group.origins.append(lastOrigin)
+        nid += 1
+    duplicates: List[int] = []
+    if candidates:
+        nid = settleCandidates(readings, candidates, entries, groups, indexes, duplicates, origin, nid, storedSeqs)
+    return BatchPlan(groups, indexes, duplicates, nid)
+
+
+def settleCandidates(
+    readings: Sequence[Reading],
+    candidates: List[int],
+    entries: List[Optional[SeriesEntry]],
+    groups: Dict[int, Columns],
+    indexes: Dict[int, List[int]],
+    duplicates: List[int],
+    origin: Callable[[str, str, str], int],
+    nid: int,
+    storedSeqs: Callable[[SensorState, int, int], Set[int]],
+) -> int:
+    """
+    The slow path of L{planBatch}: decide, for each reading whose seq is at
+    or below its sensor's high-water mark, whether that seq is stored
+    (already, or earlier in this batch). Returns the next free id.
+    """
+    bySensor: Dict[int, List[int]] = {}
+    for i in candidates:
+        entry = entries[i]
+        assert entry is not None
+        bySensor.setdefault(entry.sensor.id, []).append(i)
+    seen: Dict[int, Set[int]] = {}
+    # The seqs this batch already accepted, per sensor.
+    for sid, group in groups.items():
+        members = indexes[sid]
+        if not members:
+            continue
+        entry = entries[members[0]]
+        assert entry is not None
+        if entry.sensor.id in bySensor:
+            seen.setdefault(entry.sensor.id, set()).update(s for s in group.seqs if s != NO_SEQ)
+    for sensorId, members in bySensor.items():
+        entry = entries[members[0]]
+        assert entry is not None
+        seqs = [readings[i].seq for i in members]
+        stored = storedSeqs(entry.sensor, min(seqs), max(seqs))  # type: ignore[type-var]
+        stored |= seen.get(sensorId, set())
+        for i in members:
+            r = readings[i]
+            if r.seq in stored:
+                duplicates.append(i)
+                continue
+            stored.add(r.seq)  # type: ignore[arg-type]
+            e = entries[i]
+            assert e is not None
+            group = groups.get(e.id)
+            if group is None:
+                group = groups[e.id] = Columns.empty()
+                indexes[e.id] = []
+            indexes[e.id].append(i)
+            received = int(round(r.received_at * 1_000_000))
+            group.ids.append(nid)
+            group.ts.append(received if r.ts is None else int(round(r.ts * 1_000_000)))
+            group.seqs.append(r.seq)  # type: ignore[arg-type]
+            group.values.append(r.value)
+            group.received.append(received)
+            group.origins.append(origin(r.unit, r.peer, r.dialect))
+            nid += 1
+    duplicates.sort()
+    return nid
+
+
+def _seqRange(seqs: List[int]) -> Tuple[Optional[int], Optional[int]]:
+    present = [s for s in seqs if s != NO_SEQ] if NO_SEQ in seqs else seqs
+    if not present:
+        return None, None
+    return min(present), max(present)
+
+
+def freshRows(plan: BatchPlan) -> List[Tuple[int, int, int, Optional[int], Optional[int], int, bytes]]:
+    """
+    One fresh row per series of C{plan}: (series, t0, t1, seq0, seq1, n,
+    data), t0 and t1 the least and greatest reading time, seq0 and seq1 the
+    least and greatest seq (L{None} when no reading has one).
+    """
+    rows = []
+    for sid, group in plan.groups.items():
+        seq0, seq1 = _seqRange(group.seqs)
+        rows.append((sid, min(group.ts), max(group.ts), seq0, seq1, len(group.ids), encodeFresh(group)))
+    return rows
+
+
+class Summary(NamedTuple):
+    """
+    One batch's change to one series' summary row.
+
+    @ivar series: The series id.
+    @ivar unit: The unit of its latest reading in the batch.
+    @ivar value: The value of that reading.
+    @ivar ts: Its time (microseconds).
+    @ivar count: Readings newly stored.
+    @ivar firstSeen: The earliest receive time (microseconds).
+    @ivar lastSeen: The latest receive time.
+    @ivar maxSeq: The greatest seq, or -1.
+    """
+
+    series: int
+    unit: str
+    value: float
+    ts: int
+    count: int
+    firstSeen: int
+    lastSeen: int
+    maxSeq: int
+
+
+def summaryRows(plan: BatchPlan, readings: Sequence[Reading]) -> List[Summary]:
+    """
+    One L{Summary} per series of C{plan}, ordered by series id, so that
+    concurrent writers lock summary rows in one order. The latest reading
+    is the one with the greatest time; among equal times, the one stored
+    last.
+    """
+    out = []
+    for sid in sorted(plan.groups):
+        group = plan.groups[sid]
+        ts = group.ts
+        latest = max(ts)
+        # The last of the readings at the greatest time.
+        at = len(ts) - 1 - ts[::-1].index(latest)
+        reading = readings[plan.indexes[sid][at]]
+        out.append(
+            Summary(
+                sid, reading.unit, group.values[at], latest, len(ts), min(group.received),
+                max(group.received), max(group.seqs),
+            )
+        )
+    return out
+
+
+class CompactionPlan(NamedTuple):
+    """
+    What one compaction round writes.
+
+    @ivar blocks: Rows (series, t0, t1, seq0, seq1, n, data).
+    @ivar minutes: Rollup rows (series, bucket, count, min, max, sum,
+        last_ts, last) for 1-minute buckets.
+    @ivar hours: The same for 1-hour buckets.
+    @ivar readings: How many readings the round moves.
+    """
+
+    blocks: List[Tuple[int, int, int, Optional[int], Optional[int], int, bytes]]
+    minutes: List[Tuple[int, int, int, float, float, float, int, float]]
+    hours: List[Tuple[int, int, int, float, float, float, int, float]]
+    readings: int
+
+
+def _rollupRows(series: int, folded: Dict[int, Rollup]) -> List[Tuple[int, int, int, float, float, float, int, float]]:
+    return [(series, bucket, *r) for bucket, r in sorted(folded.items())]
+
+
+def _splitBySpan(columns: Columns) -> List[Columns]:
+    """
+    C{columns} in time order, cut wherever a block would span more than
+    L{BLOCK_SPAN}: readings of one hour-aligned window per block.
+    """
+    order = sorted(range(len(columns.ids)), key=lambda k: (columns.ts[k], columns.ids[k]))
+    ordered = Columns(*([column[k] for k in order] for column in columns))
+    windows: List[Columns] = []
+    start = 0
+    ts = ordered.ts
+    n = len(ts)
+    while start < n:
+        window = ts[start] - ts[start] % BLOCK_SPAN
+        end = start + 1
+        limit = window + BLOCK_SPAN
+        while end < n and ts[end] < limit:
+            end += 1
+        windows.append(Columns(*(column[start:end] for column in ordered)))
+        start = end
+    return windows
+
+
+def compact(fresh: Iterable[Tuple[int, bytes]], level: int = 6) -> CompactionPlan:
+    """
+    Merge fresh rows (series id, data) into blocks and rollups: one block
+    per series and hour-aligned window, in time order within it.
+    """
+    perSeries: Dict[int, List[Columns]] = {}
+    for sid, data in fresh:
+        perSeries.setdefault(sid, []).append(decodeFresh(data))
+    blocks = []
+    minutes = []
+    hours = []
+    total = 0
+    for sid in sorted(perSeries):
+        merged = concatenate(perSeries[sid])
+        total += len(merged.ids)
+        minutes.extend(_rollupRows(sid, rollups(merged, MINUTE)))
+        hours.extend(_rollupRows(sid, rollups(merged, HOUR)))
+        for window in _splitBySpan(merged):
+            seq0, seq1 = _seqRange(window.seqs)
+            blocks.append(
+                (sid, window.ts[0], window.ts[-1], seq0, seq1, len(window.ids), encodeBlock(window, level))
+            )
+    return CompactionPlan(blocks, minutes, hours, total)
+
+
+def decodeRow(data: bytes) -> Columns:
+    """
+    The readings of a fresh row or a block, whichever C{data} is.
+    """
+    return decodeFresh(data) if data[:1] == b"\x01" else decodeBlock(data)
+
+
+def assembleReadings(
+    fresh: Iterable[Tuple[int, bytes]],
+    blocks: Iterable[Tuple[int, int, bytes]],
+    names: Callable[[int], Tuple[str, str]],
+    origins: Callable[[int], Tuple[str, str, str]],
+    since: Optional[int],
+    until: Optional[int],
+    after: Optional[Tuple[int, int]],
+    limit: int,
+) -> List[Dict[str, Any]]:
+    """
+    The readings with C{since <= ts < until} and (ts, id) after C{after},
+    the first C{limit} in (ts, id) order, as the dicts
+    L{sensornet.store.base.Store.readings} returns, taken from C{fresh}
+    rows (series id, data) and C{blocks} (series id, t1, data).
+
+    C{blocks} must come in ascending order of C{t1}: since a block's
+    readings lie in one L{BLOCK_SPAN}-aligned window, once C{limit} readings
+    are in hand and a block's window starts after the last of them, no later
+    block can hold an earlier reading, and the blocks are not read further.
+
+    @param names: Gives a series id's (sensor, kind).
+    @param origins: Gives an origin id's (unit, peer, dialect).
+    """
+    picked: List[Tuple[int, int, int, int, int, float, int]] = []
+
+    def take(sid: int, c: Columns) -> None:
+        ids = c.ids
+        for k, t in enumerate(c.ts):
+            if since is not None and t < since:
+                continue
+            if until is not None and t >= until:
+                continue
+            if after is not None and (t, ids[k]) <= after:
+                continue
+            picked.append((t, ids[k], sid, c.seqs[k], c.origins[k], c.values[k], c.received[k]))
+
+    for sid, data in fresh:
+        take(sid, decodeRow(data))
+    for sid, t1, data in blocks:
+        if len(picked) >= limit:
+            picked.sort()
+            del picked[limit:]
+            if t1 - t1 % BLOCK_SPAN > picked[-1][0]:
+                break
+        take(sid, decodeRow(data))
+    picked.sort()
+    del picked[limit:]
+    out = []
+    for t, rid, sid, seq, oid, value, received in picked:
+        sensor, kind = names(sid)
+        unit, peer, dialect = origins(oid)
+        out.append(
+            {
+                "id": rid,
+                "sensor": sensor,
+                "kind": kind,
+                "value": value,
+                "unit": unit,
+                "ts": t / 1_000_000,
+                "seq": None if seq == NO_SEQ else seq,
+                "received_at": received / 1_000_000,
+                "peer": peer,
+                "dialect": dialect,
+                "_position": (t, rid),
+            }
+        )
+    return out
