@@ -95,6 +95,21 @@ class ServerMetrics:
             "sensornet_transports_paused", "Connections whose reading is paused for backpressure.",
             registry=r,
         )
+        self.compacted = Counter(
+            "sensornet_store_compacted_readings",
+            "Readings the compactor moved from fresh rows into blocks and rollups.", registry=r,
+        )
+        self.expired = Counter(
+            "sensornet_store_expired_rows", "Blocks and rollup rows deleted by retention.", registry=r,
+        )
+        self.maintenanceFailures = Counter(
+            "sensornet_store_maintenance_failures",
+            "Compaction or expiry rounds that failed (retried on the next round).", registry=r,
+        )
+        self.freshReadings = Gauge(
+            "sensornet_store_fresh_readings", "Stored readings not yet compacted into blocks.", registry=r,
+        )
+        self.series = Gauge("sensornet_store_series", "Series (sensor and kind) in the store.", registry=r)
         # Create the labelled children up front so every dialect shows, at 0,
         # from the first scrape.
         for dialect in DIALECTS:

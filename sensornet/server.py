@@ -44,6 +44,8 @@ from .protocol import (
 from .store import DEFAULT_STORE, redactURL
 
 if TYPE_CHECKING:
+    from .store import Store
+    from .store.maintenance import StoreMaintenance
     from .web import WebSite
     from .writer import BatchWriter
 
@@ -81,6 +83,10 @@ class ServerConfig:
         before it is closed; L{None}: no limit.
     @ivar junkBudget: Refused lines in a row (no reading accepted between
         them) that close a sensor connection; L{None}: no budget.
+    @ivar retention: The L{sensornet.store.retention.RetentionPolicy}, or
+        L{None} for the default one (see C{docs/storage.md}).
+    @ivar compactAfter: Seconds a stored reading stays in its fresh row
+        before the compactor merges it into a block and the rollups.
     @ivar maxRejectedLogPerSecond: Refused lines logged one by one per
         second across all sensor connections, the rest counted in a summary
         line a second; L{None}: no limit but the per-chunk one.
@@ -98,6 +104,8 @@ class ServerConfig:
     idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
     junkBudget: Optional[int] = DEFAULT_JUNK_BUDGET
     maxRejectedLogPerSecond: Optional[int] = DEFAULT_MAX_REJECTED_LOG_PER_SECOND
+    retention: Any = None
+    compactAfter: float = 60.0
 
 
 class SensorServerService(MultiService):
@@ -126,6 +134,7 @@ class SensorServerService(MultiService):
         self.metrics = ServerMetrics()
         self.feed = LiveFeed()
         self.writer: Optional[BatchWriter] = None
+        self.maintenance: Optional["StoreMaintenance"] = None
         self.queries: Optional[IStoreQueries] = None
         self.web: Optional[ListeningService] = None
         self.site: Optional[WebSite] = None
@@ -143,9 +152,16 @@ class SensorServerService(MultiService):
                 self.feed,
                 maxBatch=config.maxBatch,
                 maxDelay=config.maxDelay,
+                storeFactory=self._newStore,
             )
             self.writer.setServiceParent(self)
             sink = self.writer
+            from .store.maintenance import StoreMaintenance
+
+            self.maintenance = StoreMaintenance(
+                config.store, reactor, self.metrics, retention=config.retention, compactAfter=config.compactAfter
+            )
+            self.maintenance.setServiceParent(self)
         self.factory = SensorServerFactory(
             sink,
             reactor,
@@ -166,6 +182,17 @@ class SensorServerService(MultiService):
             self.listeners.append(listener)
         if config.http is not None:
             self._addWeb(config.http)
+
+    def _newStore(self, url: str) -> "Store":
+        """
+        A store for C{url} with this server's retention rules, which a
+        series records when it is created.
+        """
+        from .store import storeFromURL
+
+        store = storeFromURL(url)
+        store.retention = self.config.retention
+        return store
 
     def _addWeb(self, description: str) -> None:
         from .web import makeSite

@@ -27,7 +27,7 @@ What stands in for what (see C{tests/rehearsal/standin.py}):
   - C{systemctl}: runs the unit's C{ExecStart} in the background in the
     host's namespace.
 
-The test passes when the server's SQLite store (read directly with sqlite3)
+The test passes when the server's SQLite store (read through sensornet's store API)
 holds temperature readings about every 2 s from 10.0.2.10 and humidity
 readings about every 3 s from 10.0.2.11. All traffic to 10.x addresses leaves
 from inside the namespaces; the test itself only reads files.
@@ -41,7 +41,7 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
+from sensornet.store import StoreError
 import statistics
 import subprocess
 import sys
@@ -381,22 +381,23 @@ def _finish(process: "subprocess.Popen[bytes]", host: str, root: Path, timeout: 
     assert code == 0, f"{host}'s UserData ended with {code}:\n{output[-6000:]}"
 
 
-def _readings(database: Path) -> List[sqlite3.Row]:
+def _readings(database: Path) -> List[Dict[str, Any]]:
     if not database.exists():
         return []
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
-    connection.row_factory = sqlite3.Row
+    from sensornet.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(database))
     try:
-        return connection.execute(
-            "SELECT sensor, kind, value, unit, ts, seq, received_at, peer FROM readings ORDER BY sensor, seq"
-        ).fetchall()
-    except sqlite3.OperationalError:
+        store.open()
+        rows = store.readings(limit=10**7)
+    except StoreError:
         return []  # not created yet
     finally:
-        connection.close()
+        store.close()
+    return sorted(rows, key=lambda r: (r["sensor"], r["seq"] if r["seq"] is not None else -1))
 
 
-def _enough(rows: List[sqlite3.Row], count: int = 6) -> bool:
+def _enough(rows: List[Dict[str, Any]], count: int = 6) -> bool:
     for expected in EXPECTED.values():
         mine = [r for r in rows if r["sensor"] == expected["sensor"]]
         if len(mine) < count or mine[-1]["ts"] - mine[0]["ts"] < 10:
@@ -430,7 +431,7 @@ def _deadServices(roots: Dict[str, Path]) -> List[str]:
     return dead
 
 
-def _units(rows: List[sqlite3.Row]) -> Iterator[Tuple[str, Dict[str, Any], List[sqlite3.Row]]]:
+def _units(rows: List[Dict[str, Any]]) -> Iterator[Tuple[str, Dict[str, Any], List[Dict[str, Any]]]]:
     for host, expected in EXPECTED.items():
         yield host, expected, [r for r in rows if r["sensor"] == expected["sensor"]]
 

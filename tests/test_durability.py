@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import socket
-import sqlite3
 import time
 
 import pytest
@@ -23,6 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from sensornet.client import SimulatedSensor
 from sensornet.outbox import Outbox
 from sensornet.simulate import KINDS
+from sensornet.store import openStore
 
 from serverproc import ServerProcess
 
@@ -98,16 +98,11 @@ def storedRows(url):
     """
     (sensor, seq) of every stored row, through the database's own client.
     """
-    if url.startswith("sqlite:"):
-        db = sqlite3.connect(url[len("sqlite:"):])
-        try:
-            return db.execute("SELECT sensor, seq FROM readings").fetchall()
-        finally:
-            db.close()
-    import psycopg
-
-    with psycopg.connect(url) as db:
-        return db.execute("SELECT sensor, seq FROM readings").fetchall()
+    store = openStore(url)
+    try:
+        return [(r["sensor"], r["seq"]) for r in store.readings(limit=10**7)]
+    finally:
+        store.close()
 
 
 def assertExactlyOnce(url, made):
@@ -438,8 +433,9 @@ def test_disk_full_acknowledges_nothing_unstored_and_recovers(reactor, tmp_path,
 @pytest_twisted.inlineCallbacks
 def test_constraint_error_rejects_only_the_bad_reading(reactor, tmp_path, postgresql_db):
     """
-    A reading the database refuses (a CHECK constraint added by the
-    operator) is answered "rejected" and not stored; the readings around it
+    A reading the database refuses (a CHECK constraint the operator added to
+    the sensor dictionary, refusing a sensor's name) is answered "rejected"
+    and not stored; the readings around it
     in the same chunk are stored and acknowledged; the server keeps serving.
     """
     import psycopg
@@ -450,10 +446,10 @@ def test_constraint_error_rejects_only_the_bad_reading(reactor, tmp_path, postgr
         reply = yield threads.deferToThread(exchange, server.port, b"temperature,sensor=c value=1,seq=1i\n")
         assert reply == b"ack 1\n"
         with psycopg.connect(postgresql_db, autocommit=True) as db:
-            db.execute("ALTER TABLE readings ADD CONSTRAINT plausible CHECK (value < 1000)")
+            db.execute("ALTER TABLE sensors ADD CONSTRAINT plausible CHECK (name <> 'banned')")
         lines = (
             b"temperature,sensor=c value=20,seq=2i\n"
-            b"temperature,sensor=c value=5000,seq=3i\n"
+            b"temperature,sensor=banned value=5000,seq=3i\n"
             b"temperature,sensor=c value=21,seq=4i\n"
         )
 

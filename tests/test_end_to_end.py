@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import socket
-import sqlite3
 
 import pytest_twisted
 from twisted.internet import defer, task, threads
@@ -18,6 +17,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from sensornet.client import SimulatedSensor
 from sensornet.server import SensorServerService, ServerConfig
 from sensornet.simulate import KINDS
+from sensornet.store import openStore
 
 TIMEOUT = 30
 
@@ -58,11 +58,11 @@ def waitFor(reactor, predicate, timeout=TIMEOUT, step=0.02):
 
 
 def storedSeqs(path, sensor):
-    db = sqlite3.connect(path)
+    store = openStore("sqlite:" + str(path))
     try:
-        return [row[0] for row in db.execute("SELECT seq FROM readings WHERE sensor = ? ORDER BY seq", (sensor,))]
+        return sorted(r["seq"] for r in store.readings(sensor=sensor, limit=10**7))
     finally:
-        db.close()
+        store.close()
 
 
 @pytest_twisted.inlineCallbacks

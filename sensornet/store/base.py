@@ -180,6 +180,12 @@ class Store:
     #: The URL this store was made from (for logs: may hold a password).
     url: str = ""
 
+    #: The retention rules (a L{sensornet.store.retention.RetentionPolicy}),
+    #: or L{None} for the default policy. Set before L{open}: a series
+    #: records the index of its rule when it is created (and again at
+    #: L{open}, when the rules changed).
+    retention: Any = None
+
     def open(self) -> None:
         """
         Connect, then create or migrate the schema to the newest version.
@@ -245,6 +251,61 @@ class Store:
             place in (C{ts}, C{id}) order, an opaque pair of numbers to pass
             back as C{after} (for PostgreSQL the time is in whole
             microseconds, so paging never depends on float rounding).
+        """
+        raise NotImplementedError()
+
+    def rollups(
+        self,
+        sensor: str,
+        kind: Optional[str],
+        since: float,
+        until: float,
+        step: str,
+    ) -> List[Dict[str, Any]]:
+        """
+        One sensor's readings folded into buckets of C{step} (C{"1m"} or
+        C{"1h"}) with C{since <= bucket start < until}, from the rollup
+        tables plus the readings not yet compacted (so a reading counts as
+        soon as it is acknowledged, and exactly once).
+
+        @return: Dicts with keys C{sensor}, C{kind}, C{ts} (the bucket's
+            start, float seconds), C{count}, C{min}, C{max}, C{mean},
+            C{last} (the value of the bucket's latest reading), ordered by
+            (C{ts}, C{kind}).
+        """
+        raise NotImplementedError()
+
+    def freshWatermark(self) -> int:
+        """
+        The id of the newest fresh row now (0 if none): the compactor
+        compacts rows up to a watermark it took C{compactAfter} seconds
+        earlier.
+        """
+        raise NotImplementedError()
+
+    def compactOnce(self, upTo: int, limit: int) -> int:
+        """
+        Merge at most C{limit} fresh rows with ids up to C{upTo} (oldest
+        first) into blocks and rollups, in one transaction (see
+        L{sensornet.store.layout}). Safe beside writers and other
+        compactors: a row is compacted once. Returns how many readings were
+        moved (0 when there was nothing to do).
+        """
+        raise NotImplementedError()
+
+    def expireOnce(self, now: float, after: int, limit: int) -> Tuple[int, int]:
+        """
+        Delete, for at most C{limit} series with ids above C{after}, the
+        blocks and rollup rows older than the retention that applies to each
+        (L{retention}), in one transaction. Returns (the last series id
+        handled, or 0 when the end was reached; rows deleted).
+        """
+        raise NotImplementedError()
+
+    def fleetStats(self) -> Dict[str, int]:
+        """
+        Cheap gauges for C{/metrics}: C{series}, C{fresh_readings} (not yet
+        compacted).
         """
         raise NotImplementedError()
 

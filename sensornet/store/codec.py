@@ -79,12 +79,39 @@ class Columns(NamedTuple):
     received: List[int]
     origins: List[int]
 
-    def __len__(self) -> int:  # type: ignore[override]
-        return len(self.ids)
-
     @classmethod
     def empty(cls) -> "Columns":
         return cls([], [], [], [], [], [])
+
+    def select(self, indexes: Iterable[int]) -> "Columns":
+        """
+        The readings at C{indexes}, in that order.
+        """
+        order = list(indexes)
+        return Columns(
+            [self.ids[k] for k in order], [self.ts[k] for k in order], [self.seqs[k] for k in order],
+            [self.values[k] for k in order], [self.received[k] for k in order], [self.origins[k] for k in order],
+        )
+
+    def slice(self, start: int, end: int) -> "Columns":
+        """
+        The readings from C{start} up to C{end}.
+        """
+        return Columns(
+            self.ids[start:end], self.ts[start:end], self.seqs[start:end], self.values[start:end],
+            self.received[start:end], self.origins[start:end],
+        )
+
+    def extend(self, other: "Columns") -> None:
+        """
+        Append C{other}'s readings.
+        """
+        self.ids.extend(other.ids)
+        self.ts.extend(other.ts)
+        self.seqs.extend(other.seqs)
+        self.values.extend(other.values)
+        self.received.extend(other.received)
+        self.origins.extend(other.origins)
 
 
 def _pack(code: str, values: Sequence) -> bytes:
@@ -111,7 +138,10 @@ def encodeFresh(columns: Columns) -> bytes:
     """
     n = len(columns.ids)
     return _HEADER.pack(_FRESH, n) + b"".join(
-        _pack(code, column) for (code, _), column in zip(_LAYOUT, columns)
+        (
+            _pack("q", columns.ids), _pack("q", columns.ts), _pack("q", columns.seqs),
+            _pack("d", columns.values), _pack("q", columns.received), _pack("i", columns.origins),
+        )
     )
 
 
@@ -235,8 +265,7 @@ def concatenate(parts: Iterable[Columns]) -> Columns:
     """
     out = Columns.empty()
     for part in parts:
-        for mine, theirs in zip(out, part):
-            mine.extend(theirs)
+        out.extend(part)
     return out
 
 
@@ -244,7 +273,7 @@ class Rollup(NamedTuple):
     """
     What a series' readings in one time bucket add up to.
 
-    @ivar count: How many readings.
+    @ivar readings: How many readings.
     @ivar minimum: The least value.
     @ivar maximum: The greatest value.
     @ivar total: The sum of the values (the mean is C{total / count}).
@@ -253,7 +282,7 @@ class Rollup(NamedTuple):
         time, the one stored last).
     """
 
-    count: int
+    readings: int
     minimum: float
     maximum: float
     total: float
@@ -294,7 +323,7 @@ def mergeRollup(old: Optional[Rollup], new: Rollup) -> Rollup:
         return new
     later = new.lastTs >= old.lastTs
     return Rollup(
-        old.count + new.count,
+        old.readings + new.readings,
         min(old.minimum, new.minimum),
         max(old.maximum, new.maximum),
         old.total + new.total,

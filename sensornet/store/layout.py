@@ -29,7 +29,19 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from ..reading import Reading
-from .codec import NO_SEQ, Columns, Rollup, concatenate, decodeBlock, decodeFresh, encodeBlock, encodeFresh, rollups
+from .base import StoreRejected
+from .codec import (
+    NO_SEQ,
+    Columns,
+    Rollup,
+    concatenate,
+    decodeBlock,
+    decodeFresh,
+    encodeBlock,
+    encodeFresh,
+    mergeRollup,
+    rollups,
+)
 
 __all__ = [
     "MINUTE",
@@ -51,6 +63,8 @@ __all__ = [
 #: Rollup bucket widths, in microseconds.
 MINUTE = 60_000_000
 HOUR = 3_600_000_000
+
+_LARGEST = 1.7976931348623157e308
 
 #: A block never spans more than this (microseconds): queries that walk
 #: blocks in order of their last reading's time can then stop early.
@@ -143,6 +157,9 @@ def planBatch(
     lastOrigin = -1
     nid = nextId
     for i, r in enumerate(readings):
+        if not -_LARGEST <= r.value <= _LARGEST:
+            # NaN fails both comparisons.
+            raise StoreRejected(f"value must be a finite number, not {r.value!r}")
         entry = series(r.sensor, r.kind)
         seq = r.seq
         if seq is not None:
@@ -150,6 +167,8 @@ def planBatch(
             if seq > state.highWater:
                 state.highWater = seq
             else:
+                if not 0 <= seq < 2**63:
+                    raise StoreRejected(f"seq must be between 0 and 2**63-1, not {seq!r}")
                 candidates.append(i)
                 entries.append(entry)
                 continue
@@ -213,8 +232,8 @@ def settleCandidates(
     for sensorId, members in bySensor.items():
         entry = entries[members[0]]
         assert entry is not None
-        seqs = [readings[i].seq for i in members]
-        stored = storedSeqs(entry.sensor, min(seqs), max(seqs))  # type: ignore[type-var]
+        seqs = [readings[i].seq or 0 for i in members]
+        stored = storedSeqs(entry.sensor, min(seqs), max(seqs))
         stored |= seen.get(sensorId, set())
         for i in members:
             r = readings[i]
@@ -224,10 +243,11 @@ def settleCandidates(
             stored.add(r.seq)  # type: ignore[arg-type]
             e = entries[i]
             assert e is not None
-            group = groups.get(e.id)
-            if group is None:
-                group = groups[e.id] = Columns.empty()
+            found = groups.get(e.id)
+            if found is None:
+                found = groups[e.id] = Columns.empty()
                 indexes[e.id] = []
+            group = found
             indexes[e.id].append(i)
             received = int(round(r.received_at * 1_000_000))
             group.ids.append(nid)
@@ -269,7 +289,7 @@ class Summary(NamedTuple):
     @ivar unit: The unit of its latest reading in the batch.
     @ivar value: The value of that reading.
     @ivar ts: Its time (microseconds).
-    @ivar count: Readings newly stored.
+    @ivar stored: Readings newly stored.
     @ivar firstSeen: The earliest receive time (microseconds).
     @ivar lastSeen: The latest receive time.
     @ivar maxSeq: The greatest seq, or -1.
@@ -279,7 +299,7 @@ class Summary(NamedTuple):
     unit: str
     value: float
     ts: int
-    count: int
+    stored: int
     firstSeen: int
     lastSeen: int
     maxSeq: int
@@ -336,7 +356,7 @@ def _splitBySpan(columns: Columns) -> List[Columns]:
     L{BLOCK_SPAN}: readings of one hour-aligned window per block.
     """
     order = sorted(range(len(columns.ids)), key=lambda k: (columns.ts[k], columns.ids[k]))
-    ordered = Columns(*([column[k] for k in order] for column in columns))
+    ordered = columns.select(order)
     windows: List[Columns] = []
     start = 0
     ts = ordered.ts
@@ -347,7 +367,7 @@ def _splitBySpan(columns: Columns) -> List[Columns]:
         limit = window + BLOCK_SPAN
         while end < n and ts[end] < limit:
             end += 1
-        windows.append(Columns(*(column[start:end] for column in ordered)))
+        windows.append(ordered.slice(start, end))
         start = end
     return windows
 
@@ -451,4 +471,92 @@ def assembleReadings(
                 "_position": (t, rid),
             }
         )
+    return out
+
+
+#: The rollup tables, by step.
+ROLLUP_TABLES = {"1m": (MINUTE, "rollup_1m"), "1h": (HOUR, "rollup_1h")}
+
+
+def rollupTable(step: str) -> Tuple[int, str]:
+    """
+    The bucket width (microseconds) and table of a step (C{"1m"},
+    C{"1h"}).
+
+    @raise ValueError: Another step.
+    """
+    try:
+        return ROLLUP_TABLES[step]
+    except KeyError:
+        raise ValueError(f"step must be one of {', '.join(ROLLUP_TABLES)}, not {step!r}") from None
+
+
+def foldRollups(
+    stored: Iterable[Sequence[Any]],
+    fresh: Iterable[Tuple[int, bytes]],
+    width: int,
+    since: int,
+    until: int,
+    names: Callable[[int], Tuple[str, str]],
+) -> List[Dict[str, Any]]:
+    """
+    Rollup rows from a rollup table (series, bucket, count, lo, hi, total,
+    last_ts, last) merged with the not yet compacted readings of C{fresh}
+    rows, for the buckets of C{width} overlapping [C{since}, C{until}), as
+    L{sensornet.store.base.Store.rollups} returns them.
+    """
+    acc: Dict[Tuple[int, int], Rollup] = {}
+    for seriesId, bucket, *rest in stored:
+        acc[(seriesId, bucket)] = Rollup(*rest)
+    start = since - since % width
+    for seriesId, data in fresh:
+        c = decodeRow(data)
+        keep = [k for k, t in enumerate(c.ts) if start <= t < until]
+        if not keep:
+            continue
+        picked = c.select(keep)
+        for bucket, r in rollups(picked, width).items():
+            acc[(seriesId, bucket)] = mergeRollup(acc.get((seriesId, bucket)), r)
+    out = []
+    for (seriesId, bucket), r in acc.items():
+        sensor, kind = names(seriesId)
+        out.append(
+            {
+                "sensor": sensor, "kind": kind, "ts": bucket / 1_000_000, "count": r.readings,
+                "min": r.minimum, "max": r.maximum, "mean": r.total / r.readings, "last": r.last,
+            }
+        )
+    out.sort(key=lambda row: (row["ts"], row["kind"]))
+    return out
+
+
+def retentionRules(retention: Any) -> List[Any]:
+    """
+    The rules of a retention policy (L{None}: the default policy's).
+    """
+    if retention is None:
+        from .retention import RetentionPolicy
+
+        retention = RetentionPolicy()
+    return list(retention.rules)
+
+
+def expiryCutoffs(rules: Sequence[Any], policy: int, now: float) -> List[Tuple[str, str, int]]:
+    """
+    What expires for a series under rule C{policy} at C{now}: (table, time
+    column, cutoff in microseconds) for each tier not kept forever. A block
+    expires when its last reading is older than the raw retention; a rollup
+    row when its whole bucket is older than its tier's. An index beyond the
+    rules (they were shortened since the series was created) is the
+    default, rule 0.
+    """
+    rule = rules[policy] if 0 <= policy < len(rules) else rules[0]
+    nowUs = toMicroseconds(now)
+    out = []
+    if rule.raw is not None:
+        out.append(("blocks", "t1", nowUs - toMicroseconds(rule.raw)))
+    if rule.minute is not None:
+        out.append(("rollup_1m", "bucket", nowUs - toMicroseconds(rule.minute) - MINUTE))
+    if rule.hour is not None:
+        out.append(("rollup_1h", "bucket", nowUs - toMicroseconds(rule.hour) - HOUR))
     return out

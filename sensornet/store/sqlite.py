@@ -36,15 +36,24 @@ from zope.interface import implementer
 
 from ..interfaces import ICheckpointedStore
 from ..reading import Reading
-from .base import (
-    Store,
-    StoreError,
-    StoreRejected,
-    StoreUnavailable,
-    WriteResult,
-    loadMigrations,
-    readingFilters,
-    summarize,
+from .base import Store, StoreError, StoreRejected, StoreUnavailable, WriteResult, loadMigrations
+from .codec import encodeFresh
+from .layout import (
+    BatchPlan,
+    SensorState,
+    SeriesEntry,
+    assembleReadings,
+    compact,
+    decodeRow,
+    expiryCutoffs,
+    foldRollups,
+    freshRows,
+    fromMicroseconds,
+    planBatch,
+    retentionRules,
+    rollupTable,
+    summaryRows,
+    toMicroseconds,
 )
 
 __all__ = ["SQLiteStore"]
@@ -54,26 +63,34 @@ __all__ = ["SQLiteStore"]
 #: writes under a lock.
 _log = Logger()
 
-_INSERT = (
-    "INSERT INTO readings (sensor, kind, value, unit, ts, seq, received_at, peer, dialect) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sensor, seq) DO NOTHING"
+_INSERT_FRESH = "INSERT INTO fresh (series, t0, t1, seq0, seq1, n, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+# Column references in SET see the row as it was before the update. The
+# parameters: 1 ts, 2 unit, 3 value, 4 count, 5 first seen, 6 last seen,
+# 7 max seq, 8 series id.
+_UPDATE_SERIES = (
+    "UPDATE series SET "
+    "unit = CASE WHEN ts IS NULL OR ?1 >= ts THEN ?2 ELSE unit END, "
+    "value = CASE WHEN ts IS NULL OR ?1 >= ts THEN ?3 ELSE value END, "
+    "ts = CASE WHEN ts IS NULL OR ?1 >= ts THEN ?1 ELSE ts END, "
+    "count = count + ?4, "
+    "first_seen = coalesce(min(first_seen, ?5), ?5), "
+    "last_seen = coalesce(max(last_seen, ?6), ?6), "
+    "max_seq = max(max_seq, ?7) "
+    "WHERE id = ?8"
 )
 
-# Column references in DO UPDATE see the row as it was before the update,
-# so every SET below reads the old values.
-_UPSERT_SENSOR = (
-    "INSERT INTO sensors (sensor, kind, unit, value, ts, count, first_seen, last_seen) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (sensor, kind) DO UPDATE SET "
-    "unit = CASE WHEN excluded.ts >= sensors.ts THEN excluded.unit ELSE sensors.unit END, "
-    "value = CASE WHEN excluded.ts >= sensors.ts THEN excluded.value ELSE sensors.value END, "
-    "ts = max(sensors.ts, excluded.ts), "
-    "count = sensors.count + excluded.count, "
-    "first_seen = min(sensors.first_seen, excluded.first_seen), "
-    "last_seen = max(sensors.last_seen, excluded.last_seen)"
+_INSERT_BLOCK = "INSERT INTO blocks (series, t0, t1, seq0, seq1, n, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+_UPSERT_ROLLUP = (
+    "INSERT INTO {table} (series, bucket, count, lo, hi, total, last_ts, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (series, bucket) DO UPDATE SET "
+    "count = count + excluded.count, lo = min(lo, excluded.lo), hi = max(hi, excluded.hi), "
+    "total = total + excluded.total, "
+    "last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last ELSE last END, "
+    "last_ts = max(last_ts, excluded.last_ts)"
 )
 
-_READING_COLUMNS = ("id", "sensor", "kind", "value", "unit", "ts", "seq", "received_at", "peer", "dialect")
 _SENSOR_COLUMNS = ("sensor", "kind", "unit", "value", "ts", "count", "first_seen", "last_seen")
 
 
@@ -376,7 +393,12 @@ class SQLiteStore(Store):
         self._checkpointer: Optional[_Checkpointer] = None
         self._pastCheckpointFailures = 0
         self._countLock = threading.Lock()
-        self._writeLock = threading.Lock()
+        self._writeLock = _fileLock(path)
+        # Who we are in store_state.writer (see write).
+        self._token = os.urandom(8).hex()
+        self._seriesNames: Dict[int, Tuple[str, str]] = {}
+        self._originNames: Dict[int, Tuple[str, str, str]] = {}
+        self._forget()
 
     # -- the checkpointer's health -----------------------------------------
 
@@ -428,6 +450,7 @@ class SQLiteStore(Store):
             self._enableWAL(db)
             db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             self._migrate(db)
+            self._applyRetention(db)
         except BaseException as e:
             db.close()
             if isinstance(e, sqlite3.Error):
@@ -470,6 +493,8 @@ class SQLiteStore(Store):
             for migration in migrations[current:]:
                 for statement in splitStatements(migration.sql):
                     db.execute(statement)
+                if migration.version == 2:
+                    self._convertVersion1(db)
                 db.execute(
                     "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, time.time()),
@@ -478,6 +503,80 @@ class SQLiteStore(Store):
         except BaseException:
             _rollback(db)
             raise
+
+    def _convertVersion1(self, db: sqlite3.Connection) -> None:
+        """
+        Inside migration 2's transaction: move schema 1's readings (renamed
+        C{v1_readings}) into blocks, rollups and series summaries, keeping
+        every reading's id, then drop the schema 1 tables.
+        """
+        self._forget()
+        last = 0
+        while True:
+            rows = db.execute(
+                "SELECT id, sensor, kind, value, unit, ts, seq, received_at, peer, dialect FROM v1_readings "
+                "WHERE id > ? ORDER BY id LIMIT 50000",
+                (last,),
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            readings = [
+                Reading(sensor, kind, value, unit, ts=ts, seq=seq, dialect=dialect, peer=peer, received_at=at)
+                for _, sensor, kind, value, unit, ts, seq, at, peer, dialect in rows
+            ]
+            plan = planBatch(
+                readings,
+                lambda name, kind: self._seriesByKey.get((name, kind)) or self._seriesEntry(db, name, kind),
+                lambda unit, peer, dialect: self._originId(db, unit, peer, dialect),
+                0,
+                lambda state, lo, hi: self._storedSeqs(db, state, lo, hi),
+            )
+            for seriesId, group in plan.groups.items():
+                group.ids[:] = [rows[i][0] for i in plan.indexes[seriesId]]
+            self._writeCompacted(db, plan, readings)
+        db.execute("DROP TABLE v1_readings")
+        db.execute("DROP TABLE v1_sensors")
+        self._forget()
+
+    def _writeCompacted(self, db: sqlite3.Connection, plan: BatchPlan, readings: Sequence[Reading]) -> None:
+        """
+        Store a planned batch straight as blocks and rollups (the upgrade's
+        way; the hot path writes fresh rows).
+        """
+        merged = compact([(seriesId, encodeFresh(group)) for seriesId, group in plan.groups.items()])
+        db.executemany(_INSERT_BLOCK, merged.blocks)
+        db.executemany(_UPSERT_ROLLUP.format(table="rollup_1m"), merged.minutes)
+        db.executemany(_UPSERT_ROLLUP.format(table="rollup_1h"), merged.hours)
+        db.executemany(
+            _UPDATE_SERIES,
+            [(u.ts, u.unit, u.value, u.stored, u.firstSeen, u.lastSeen, u.maxSeq, u.series)
+             for u in summaryRows(plan, readings)],
+        )
+
+    def _applyRetention(self, db: sqlite3.Connection) -> None:
+        """
+        Record in each series the index of the retention rule that applies
+        to it now (the rules may have changed since it was created).
+        """
+        if self.retention is None:
+            return
+        rows = db.execute("SELECT se.id, s.name, se.kind, se.policy FROM series se JOIN sensors s ON s.id = se.sensor")
+        changed = [
+            (policy, seriesId)
+            for seriesId, name, kind, old in rows
+            for policy in (self.retention.forSeries(name, kind),)
+            if policy != old
+        ]
+        if changed:
+            with self._writeLock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany("UPDATE series SET policy = ? WHERE id = ?", changed)
+                    db.execute("COMMIT")
+                except BaseException:
+                    _rollback(db)
+                    raise
 
     def close(self) -> None:
         checkpointer = self._checkpointer
@@ -510,6 +609,75 @@ class SQLiteStore(Store):
 
     # -- writing ------------------------------------------------------------
 
+    def _forget(self) -> None:
+        """
+        Drop every write-side cache (after a rollback, or when another
+        process wrote): they are reloaded from the database as needed.
+        """
+        self._sensorsByName: Dict[str, SensorState] = {}
+        self._seriesByKey: Dict[Tuple[str, str], SeriesEntry] = {}
+        self._originsByKey: Dict[Tuple[str, str, str], int] = {}
+
+    def _sensorState(self, db: sqlite3.Connection, name: str) -> SensorState:
+        state = self._sensorsByName.get(name)
+        if state is not None:
+            return state
+        row = db.execute("SELECT id FROM sensors WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            sensorId = _inserted(db.execute(
+                "INSERT INTO sensors (name, created_at) VALUES (?, ?)", (name, toMicroseconds(time.time()))
+            ))
+            highWater = -1
+        else:
+            sensorId = row[0]
+            highWater = db.execute(
+                "SELECT coalesce(max(max_seq), -1) FROM series WHERE sensor = ?", (sensorId,)
+            ).fetchone()[0]
+        state = self._sensorsByName[name] = SensorState(sensorId, highWater)
+        return state
+
+    def _seriesEntry(self, db: sqlite3.Connection, name: str, kind: str) -> SeriesEntry:
+        state = self._sensorState(db, name)
+        row = db.execute("SELECT id FROM series WHERE sensor = ? AND kind = ?", (state.id, kind)).fetchone()
+        if row is None:
+            policy = self.retention.forSeries(name, kind) if self.retention is not None else 0
+            seriesId = _inserted(db.execute(
+                "INSERT INTO series (sensor, kind, policy) VALUES (?, ?, ?)", (state.id, kind, policy)
+            ))
+        else:
+            seriesId = row[0]
+        entry = self._seriesByKey[(name, kind)] = SeriesEntry(seriesId, state)
+        return entry
+
+    def _originId(self, db: sqlite3.Connection, unit: str, peer: str, dialect: str) -> int:
+        key = (unit, peer, dialect)
+        found = self._originsByKey.get(key)
+        if found is not None:
+            return found
+        row = db.execute(
+            "SELECT id FROM origins WHERE unit = ? AND peer = ? AND dialect = ?", key
+        ).fetchone()
+        originId: int = row[0] if row is not None else _inserted(db.execute(
+            "INSERT INTO origins (unit, peer, dialect) VALUES (?, ?, ?)", key
+        ))
+        self._originsByKey[key] = originId
+        return originId
+
+    def _storedSeqs(self, db: sqlite3.Connection, state: SensorState, lo: int, hi: int) -> Set[int]:
+        """
+        The seqs stored for a sensor between C{lo} and C{hi} (inclusive),
+        fresh and compacted.
+        """
+        found: Set[int] = set()
+        for table in ("fresh", "blocks"):
+            for (data,) in db.execute(
+                f"SELECT data FROM {table} WHERE series IN (SELECT id FROM series WHERE sensor = ?) "
+                "AND seq0 <= ? AND seq1 >= ?",
+                (state.id, hi, lo),
+            ):
+                found.update(s for s in decodeRow(data).seqs if lo <= s <= hi)
+        return found
+
     def write(self, readings: Sequence[Reading]) -> WriteResult:
         if not readings:
             return WriteResult(0, 0, ())
@@ -523,76 +691,112 @@ class SQLiteStore(Store):
             db.execute("PRAGMA journal_size_limit=67108864").fetchall()
             self._checkpointer = self._newCheckpointer()
             self._checkpointer.start()
+        seriesCache = self._seriesByKey
         try:
-            rows = [
-                (
-                    r.sensor,
-                    r.kind,
-                    r.value,
-                    r.unit,
-                    r.ts if r.ts is not None else r.received_at,
-                    r.seq,
-                    r.received_at,
-                    r.peer,
-                    r.dialect,
-                )
-                for r in readings
-            ]
-            # The checkpointer's short second pass takes this lock too: a
-            # transaction never runs beside it.
+            # The checkpointer's short second pass and the compactor's
+            # transaction take this lock too: neither runs beside a write.
             with self._writeLock:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    # With the write lock held, rows this transaction inserts
-                    # get ids above the current maximum.
-                    before = db.execute("SELECT max(id) FROM readings").fetchone()[0] or 0
-                    stored = db.executemany(_INSERT, rows).rowcount
-                    duplicateIndexes: Tuple[int, ...] = ()
-                    new: Sequence[Reading] = readings
-                    if stored != len(readings):
-                        duplicateIndexes = self._duplicates(db, readings, before)
-                        skip = set(duplicateIndexes)
-                        new = [r for i, r in enumerate(readings) if i not in skip]
-                    db.executemany(_UPSERT_SENSOR, summarize(new))
+                    writer, nextId = db.execute("SELECT writer, next_id FROM store_state").fetchone()
+                    if writer != self._token:
+                        # Another process wrote since we last did: what we
+                        # remember of high-water marks may be stale.
+                        self._forget()
+                        seriesCache = self._seriesByKey
+                        db.execute("UPDATE store_state SET writer = ?", (self._token,))
+                    get = seriesCache.get
+
+                    def series(name: str, kind: str) -> SeriesEntry:
+                        entry = get((name, kind))
+                        return entry if entry is not None else self._seriesEntry(db, name, kind)
+
+                    plan = planBatch(
+                        readings,
+                        series,
+                        lambda unit, peer, dialect: self._originId(db, unit, peer, dialect),
+                        nextId,
+                        lambda state, lo, hi: self._storedSeqs(db, state, lo, hi),
+                    )
+                    db.executemany(_INSERT_FRESH, freshRows(plan))
+                    db.executemany(
+                        _UPDATE_SERIES,
+                        [(u.ts, u.unit, u.value, u.stored, u.firstSeen, u.lastSeen, u.maxSeq, u.series)
+                         for u in summaryRows(plan, readings)],
+                    )
+                    db.execute("UPDATE store_state SET next_id = ?", (plan.nextId,))
                     db.execute("COMMIT")
                 except BaseException:
                     _rollback(db)
+                    self._forget()
                     raise
         except (sqlite3.Error, OverflowError, UnicodeError) as e:
             raise classify(e) from e
-        return WriteResult(stored, len(duplicateIndexes), duplicateIndexes)
-
-    @staticmethod
-    def _duplicates(db: sqlite3.Connection, readings: Sequence[Reading], before: int) -> Tuple[int, ...]:
-        """
-        Which of C{readings}, just inserted, were dropped as duplicates: the
-        keyed ones whose (sensor, seq) is not among the rows with an id
-        above C{before}, plus repeats within C{readings}.
-        """
-        inserted: Set[Tuple[str, int]] = set(
-            db.execute("SELECT sensor, seq FROM readings WHERE id > ? AND seq IS NOT NULL", (before,))
-        )
-        duplicates = []
-        for index, r in enumerate(readings):
-            if r.seq is None:
-                continue
-            key = (r.sensor, r.seq)
-            if key in inserted:
-                inserted.discard(key)
-            else:
-                duplicates.append(index)
-        return tuple(duplicates)
+        duplicates = tuple(plan.duplicates)
+        return WriteResult(len(readings) - len(duplicates), len(duplicates), duplicates)
 
     # -- reading ------------------------------------------------------------
 
     def sensors(self) -> List[Dict[str, Any]]:
         try:
             rows = self._connection().execute(
-                f"SELECT {', '.join(_SENSOR_COLUMNS)} FROM sensors ORDER BY sensor, kind"
+                "SELECT s.name, se.kind, se.unit, se.value, se.ts, se.count, se.first_seen, se.last_seen "
+                "FROM series se JOIN sensors s ON s.id = se.sensor WHERE se.count > 0 ORDER BY s.name, se.kind"
             ).fetchall()
         except sqlite3.Error as e:
             raise classify(e) from e
-        return [dict(zip(_SENSOR_COLUMNS, row)) for row in rows]
+        return [
+            {
+                "sensor": name, "kind": kind, "unit": unit, "value": value, "ts": fromMicroseconds(ts),
+                "count": count, "first_seen": fromMicroseconds(first), "last_seen": fromMicroseconds(last),
+            }
+            for name, kind, unit, value, ts, count, first, last in rows
+        ]
+
+    def _names(self, db: sqlite3.Connection) -> Callable[[int], Tuple[str, str]]:
+        cache = self._seriesNames
+
+        def names(seriesId: int) -> Tuple[str, str]:
+            found = cache.get(seriesId)
+            if found is None:
+                found = cache[seriesId] = db.execute(
+                    "SELECT s.name, se.kind FROM series se JOIN sensors s ON s.id = se.sensor WHERE se.id = ?",
+                    (seriesId,),
+                ).fetchone()
+            return found
+
+        return names
+
+    def _origins(self, db: sqlite3.Connection) -> Callable[[int], Tuple[str, str, str]]:
+        cache = self._originNames
+
+        def origins(originId: int) -> Tuple[str, str, str]:
+            found = cache.get(originId)
+            if found is None:
+                found = cache[originId] = db.execute(
+                    "SELECT unit, peer, dialect FROM origins WHERE id = ?", (originId,)
+                ).fetchone()
+            return found
+
+        return origins
+
+    @staticmethod
+    def _seriesFilter(sensor: Optional[str], kind: Optional[str]) -> Tuple[str, List[Any]]:
+        """
+        A condition on C{series} (a column holding series ids) for the
+        filters, or C{""} for all series.
+        """
+        where = []
+        params: List[Any] = []
+        if sensor is not None:
+            where.append("sensor = (SELECT id FROM sensors WHERE name = ?)")
+            params.append(sensor)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if not where:
+            return "", []
+        return f"series IN (SELECT id FROM series WHERE {' AND '.join(where)})", params
 
     def readings(
         self,
@@ -603,25 +807,162 @@ class SQLiteStore(Store):
         limit: int = 1000,
         after: Optional[Tuple[Any, int]] = None,
     ) -> List[Dict[str, Any]]:
-        where, params = readingFilters(sensor, kind, since, until, "?", "?")
+        sinceUs = toMicroseconds(since) if since is not None else None
+        untilUs = toMicroseconds(until) if until is not None else None
+        afterPos = None
         if after is not None:
-            where.append("(ts, id) > (?, ?)")
-            params.extend((float(after[0]), int(after[1])))
-        sql = f"SELECT {', '.join(_READING_COLUMNS)} FROM readings"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts, id LIMIT ?"
-        params.append(int(limit))
+            # Cursors hold integer microseconds; older ones float seconds.
+            afterTs = after[0] if isinstance(after[0], int) else toMicroseconds(float(after[0]))
+            afterPos = (afterTs, int(after[1]))
+        lower = max(x for x in (sinceUs, afterPos[0] if afterPos else None, -(2**63)) if x is not None)
+        condition, params = self._seriesFilter(sensor, kind)
+        where = [c for c in (condition, "t1 >= ?") if c]
+        params = params + [lower]
+        if untilUs is not None:
+            where.append("t0 < ?")
+            params.append(untilUs)
+        clause = " AND ".join(where)
+        db = self._connection()
         try:
-            rows = self._connection().execute(sql, params).fetchall()
+            # A snapshot: fresh rows and blocks as of one moment, so a row
+            # the compactor moves meanwhile is seen once.
+            db.execute("BEGIN")
+            try:
+                fresh = db.execute(f"SELECT series, data FROM fresh WHERE {clause}", params).fetchall()
+                blocks = db.execute(f"SELECT series, t1, data FROM blocks WHERE {clause} ORDER BY t1", params)
+                return assembleReadings(
+                    fresh, blocks, self._names(db), self._origins(db), sinceUs, untilUs, afterPos, int(limit)
+                )
+            finally:
+                _rollback(db)
         except sqlite3.Error as e:
             raise classify(e) from e
-        result = []
-        for row in rows:
-            reading = dict(zip(_READING_COLUMNS, row))
-            reading["_position"] = (row[5], row[0])
-            result.append(reading)
-        return result
+
+    def rollups(self, sensor: str, kind: Optional[str], since: float, until: float, step: str) -> List[Dict[str, Any]]:
+        width, table = rollupTable(step)
+        sinceUs, untilUs = toMicroseconds(since), toMicroseconds(until)
+        condition, params = self._seriesFilter(sensor, kind)
+        db = self._connection()
+        try:
+            db.execute("BEGIN")
+            try:
+                stored = db.execute(
+                    f"SELECT series, bucket, count, lo, hi, total, last_ts, last FROM {table} "
+                    f"WHERE {condition} AND bucket >= ? AND bucket < ?",
+                    params + [sinceUs - sinceUs % width, untilUs],
+                ).fetchall()
+                fresh = db.execute(
+                    f"SELECT series, data FROM fresh WHERE {condition} AND t1 >= ? AND t0 < ?",
+                    params + [sinceUs - sinceUs % width, untilUs],
+                ).fetchall()
+                return foldRollups(stored, fresh, width, sinceUs, untilUs, self._names(db))
+            finally:
+                _rollback(db)
+        except sqlite3.Error as e:
+            raise classify(e) from e
+
+    # -- maintenance --------------------------------------------------------
+
+    def freshWatermark(self) -> int:
+        try:
+            return int(self._connection().execute("SELECT coalesce(max(id), 0) FROM fresh").fetchone()[0])
+        except sqlite3.Error as e:
+            raise classify(e) from e
+
+    def compactOnce(self, upTo: int, limit: int) -> int:
+        db = self._connection()
+        try:
+            # Read and merge outside the write lock: writers go on meanwhile
+            # (they never change a fresh row once written).
+            rows = db.execute(
+                "SELECT id, series, data FROM fresh WHERE id <= ? ORDER BY id LIMIT ?", (upTo, limit)
+            ).fetchall()
+            if not rows:
+                return 0
+            plan = compact([(series, data) for _, series, data in rows])
+            ids = [(rowId,) for rowId, _, _ in rows]
+            with self._writeLock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted = db.executemany("DELETE FROM fresh WHERE id = ?", ids).rowcount
+                    if deleted != len(ids):
+                        # Another compactor took some of them first.
+                        _rollback(db)
+                        return 0
+                    db.executemany(_INSERT_BLOCK, plan.blocks)
+                    db.executemany(_UPSERT_ROLLUP.format(table="rollup_1m"), plan.minutes)
+                    db.executemany(_UPSERT_ROLLUP.format(table="rollup_1h"), plan.hours)
+                    db.execute("COMMIT")
+                except BaseException:
+                    _rollback(db)
+                    raise
+        except (sqlite3.Error, OverflowError) as e:
+            raise classify(e) from e
+        return plan.readings
+
+    def expireOnce(self, now: float, after: int, limit: int) -> Tuple[int, int]:
+        rules = retentionRules(self.retention)
+        db = self._connection()
+        deleted = 0
+        try:
+            series = db.execute(
+                "SELECT id, policy FROM series WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            ).fetchall()
+            if not series:
+                return 0, 0
+            with self._writeLock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for seriesId, policy in series:
+                        for table, column, cutoff in expiryCutoffs(rules, policy, now):
+                            deleted += db.execute(
+                                f"DELETE FROM {table} WHERE series = ? AND {column} < ?", (seriesId, cutoff)
+                            ).rowcount
+                    db.execute("COMMIT")
+                except BaseException:
+                    _rollback(db)
+                    raise
+        except sqlite3.Error as e:
+            raise classify(e) from e
+        return (series[-1][0] if len(series) == limit else 0), deleted
+
+    def fleetStats(self) -> Dict[str, int]:
+        try:
+            db = self._connection()
+            seriesCount = db.execute("SELECT count(*) FROM series").fetchone()[0]
+            fresh = db.execute("SELECT coalesce(sum(n), 0) FROM fresh").fetchone()[0]
+        except sqlite3.Error as e:
+            raise classify(e) from e
+        return {"series": int(seriesCount), "fresh_readings": int(fresh)}
+
+
+#: One lock per database file in this process, shared by every store object
+#: on that file (the writer's, the compactor's): SQLite's own lock makes a
+#: second writer poll with sleeps, which would stall the writer for
+#: milliseconds; a thread lock hands over at once. A process-wide table is
+#: right here because the file is a process-wide resource.
+_FILE_LOCKS: Dict[str, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _fileLock(path: str) -> threading.Lock:
+    if path == ":memory:":
+        return threading.Lock()
+    key = os.path.realpath(path)
+    with _FILE_LOCKS_GUARD:
+        lock = _FILE_LOCKS.get(key)
+        if lock is None:
+            lock = _FILE_LOCKS[key] = threading.Lock()
+        return lock
+
+
+def _inserted(cursor: sqlite3.Cursor) -> int:
+    """
+    The id of the row an INSERT just made.
+    """
+    rowId = cursor.lastrowid
+    assert rowId is not None
+    return rowId
 
 
 def _closeQuietly(db: Optional[sqlite3.Connection]) -> None:

@@ -25,7 +25,8 @@ class Options(usage.Options):
         "[--listen ENDPOINT]... [--store URL] [--http ENDPOINT|none] [--no-log-readings] "
         "[--max-clock-skew SECONDS|none] [--handshake-timeout SECONDS|0] "
         "[--idle-timeout SECONDS|0] [--junk-budget LINES|0] "
-        "[--max-rejected-log N|0]"
+        "[--max-rejected-log N|0] [--retention SPEC] [--retention-for SELECTOR=SPEC]... "
+        "[--compact-after SECONDS]"
     )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
@@ -56,6 +57,12 @@ class Options(usage.Options):
         ["max-rejected-log", None, DEFAULT_MAX_REJECTED_LOG_PER_SECOND,
          "Log at most N refused lines per second across all sensor connections; the rest are counted "
          "in one summary line a second; 0: no limit but 10 per chunk of data.", int],
+        ["retention", None, "raw:30d,1m:1y,1h:10y",
+         "How long each tier is kept: raw readings, 1-minute and 1-hour rollups (units s, m, h, d, w, y, "
+         "or 'forever'); see docs/storage.md."],
+        ["compact-after", None, 60.0,
+         "Seconds a stored reading waits before the compactor merges it into a compressed block and "
+         "the rollups.", float],
     ]
 
     optFlags = [
@@ -65,6 +72,15 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["retention-for"] = []
+
+    def opt_retention_for(self, rule: str) -> None:
+        """
+        Another retention for some series, SELECTOR=SPEC, where SELECTOR is
+        kind:NAME or sensor:GLOB (e.g. sensor:lab-*=raw:7d,1m:90d,1h:5y);
+        repeatable, the first matching rule wins.
+        """
+        self["retention-for"].append(rule)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -98,6 +114,24 @@ class Options(usage.Options):
             raise usage.UsageError("--junk-budget must not be negative (0: no budget)")
         if self["max-rejected-log"] < 0:
             raise usage.UsageError("--max-rejected-log must not be negative (0: no limit)")
+        from ..store.retention import RetentionPolicy, parseOverride, parseRetention
+
+        try:
+            default = parseRetention(self["retention"])
+        except ValueError as e:
+            raise usage.UsageError(f"--retention: {e}")
+        overrides = []
+        for rule in self["retention-for"]:
+            try:
+                overrides.append(parseOverride(rule))
+            except ValueError as e:
+                raise usage.UsageError(f"--retention-for {rule!r}: {e}")
+        try:
+            self["retention"] = RetentionPolicy(default, overrides)
+        except ValueError as e:
+            raise usage.UsageError(f"--retention-for: {e}")
+        if not 0 <= self["compact-after"] <= 86400:
+            raise usage.UsageError("--compact-after must be between 0 and 86400 seconds")
 
     def toConfig(self) -> ServerConfig:
         """
@@ -118,6 +152,8 @@ class Options(usage.Options):
             idleTimeout=self["idle-timeout"],
             junkBudget=self["junk-budget"] or None,
             maxRejectedLogPerSecond=self["max-rejected-log"] or None,
+            retention=self["retention"],
+            compactAfter=self["compact-after"],
         )
 
 

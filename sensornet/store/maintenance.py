@@ -1,0 +1,208 @@
+"""
+The store's housekeeping, off the hot path: compaction (fresh rows into
+blocks and rollups) and expiry (what retention no longer keeps), on one
+thread and one database connection of their own.
+
+A round runs every C{interval} seconds, driven by the reactor's clock (so
+tests drive it with L{twisted.internet.task.Clock}); its blocking work runs
+on the maintenance thread, and a round never starts while the previous one
+is still running. Each round compacts the fresh rows written at least
+C{compactAfter} seconds earlier (at most C{compactBudget} readings a round,
+in transactions of C{compactRows} fresh rows), then expires the data of the
+next C{expireSeries} series, walking the series in id order and starting
+over at the end: expiry is a small, steady trickle, never one large delete.
+
+A failed round is counted (C{sensornet_store_maintenance_failures}),
+logged (the first at once, then once a minute while it keeps failing), its
+connection dropped, and the next round tries again: maintenance never stops
+before the service does.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Deque, Optional, Tuple
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..metrics import ServerMetrics
+from .base import Store
+from .threads import WorkerThreads
+
+__all__ = ["StoreMaintenance"]
+
+
+class StoreMaintenance(Service):
+    """
+    Compacts and expires the store at C{url} in the background.
+
+    @ivar rounds: Rounds that completed.
+    @ivar failures: Rounds that failed.
+    @ivar compacted: Readings compacted so far.
+    @ivar expired: Rows expired so far.
+    """
+
+    _log = Logger()
+
+    interval = 1.0
+    compactRows = 5000
+    compactBudget = 500_000
+    expireSeries = 200
+    logInterval = 60.0
+
+    def __init__(
+        self,
+        url: str,
+        reactor: Any,
+        metrics: Optional[ServerMetrics] = None,
+        retention: Any = None,
+        compactAfter: float = 60.0,
+        openStore: Optional[Callable[[str], Store]] = None,
+        wallClock: Optional[Callable[[], float]] = None,
+    ) -> None:
+        """
+        @param reactor: Drives the rounds (L{IReactorTime}) and hears from the
+            thread (L{IReactorFromThreads}).
+        @param retention: The L{sensornet.store.retention.RetentionPolicy}, or
+            L{None} for the default.
+        @param compactAfter: Seconds a fresh row waits before it is compacted.
+        @param wallClock: Seconds since the epoch now, for expiry (default:
+            the reactor's C{seconds}).
+        """
+        self.url = url
+        self.reactor = reactor
+        self.metrics = metrics
+        self.retention = retention
+        self.compactAfter = compactAfter
+        self._openStore = openStore
+        self._wallClock = wallClock or reactor.seconds
+        self.rounds = 0
+        self.failures = 0
+        self.compacted = 0
+        self.expired = 0
+        self._store: Optional[Store] = None
+        self._threads: Optional[WorkerThreads] = None
+        self._loop: Optional[LoopingCall] = None
+        self._running: Optional[Deferred[None]] = None
+        # (when, the fresh watermark then): the rows up to a mark taken
+        # compactAfter seconds ago are old enough to compact.
+        self._marks: Deque[Tuple[float, int]] = collections.deque()
+        self._expireAfter = 0
+        self._failingSince: Optional[float] = None
+        self._lastLogged = 0.0
+        self._unlogged = 0
+
+    def startService(self) -> None:
+        super().startService()
+        self._threads = WorkerThreads(self.reactor, 1, name="sensornet-store-maintenance", onExit=self._drop)
+        self._threads.start()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.reactor
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> "Deferred[None]":
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        running = self._running if self._running is not None else succeed(None)
+        threads, self._threads = self._threads, None
+
+        def stopThreads(_: object) -> Any:
+            return threads.stop() if threads is not None else None
+
+        return running.addBoth(stopThreads)
+
+    def _drop(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+    def _tick(self) -> None:
+        if self._running is not None or self._threads is None:
+            return
+        now = self.reactor.seconds()
+        wall = self._wallClock()
+        d = self._threads.run(self._round, now, wall)
+        d.addCallbacks(self._succeeded, self._failed, errbackArgs=(now,))
+        self._running = d
+
+        def finished(_: object) -> None:
+            self._running = None
+
+        d.addBoth(finished)
+
+    def _round(self, now: float, wall: float) -> Tuple[int, int, dict]:
+        """
+        One round, on the maintenance thread: (readings compacted, rows
+        expired, the store's fleet stats).
+        """
+        store = self._store
+        if store is None:
+            if self._openStore is None:
+                from . import storeFromURL
+
+                store = storeFromURL(self.url)
+            else:
+                store = self._openStore(self.url)
+            store.retention = self.retention
+            store.open()
+            self._store = store
+        try:
+            self._marks.append((now, store.freshWatermark()))
+            upTo = 0
+            while self._marks and self._marks[0][0] <= now - self.compactAfter:
+                upTo = self._marks.popleft()[1]
+            if upTo:
+                # Put it back: rows up to it written since may still wait.
+                self._marks.appendleft((now - self.compactAfter, upTo))
+            compacted = 0
+            while upTo and compacted < self.compactBudget:
+                moved = store.compactOnce(upTo, self.compactRows)
+                if not moved:
+                    break
+                compacted += moved
+            self._expireAfter, expired = store.expireOnce(wall, self._expireAfter, self.expireSeries)
+            return compacted, expired, store.fleetStats()
+        except BaseException:
+            self._drop()
+            raise
+
+    def _succeeded(self, result: Tuple[int, int, dict]) -> None:
+        compacted, expired, stats = result
+        self.rounds += 1
+        self.compacted += compacted
+        self.expired += expired
+        if self.metrics is not None:
+            self.metrics.compacted.inc(compacted)
+            self.metrics.expired.inc(expired)
+            self.metrics.freshReadings.set(stats.get("fresh_readings", 0))
+            self.metrics.series.set(stats.get("series", 0))
+        if self._failingSince is not None:
+            self._log.info(
+                "store maintenance recovered after {seconds:.1f}s of failures",
+                seconds=self.reactor.seconds() - self._failingSince,
+            )
+            self._failingSince = None
+
+    def _failed(self, failure: Failure, now: float) -> None:
+        self.failures += 1
+        if self.metrics is not None:
+            self.metrics.maintenanceFailures.inc()
+        reason = failure.getErrorMessage()
+        if self._failingSince is None:
+            self._failingSince = self._lastLogged = now
+            self._unlogged = 0
+            self._log.warn("store maintenance failed: {reason}; retrying every {interval}s",
+                           reason=reason, interval=self.interval)
+        elif now - self._lastLogged >= self.logInterval:
+            self._log.warn("store maintenance still failing ({unlogged} failures not logged): {reason}",
+                           unlogged=self._unlogged, reason=reason)
+            self._lastLogged = now
+            self._unlogged = 0
+        else:
+            self._unlogged += 1

@@ -1,0 +1,372 @@
+"""
+Schema 2, the compact store: exactly once through compaction, rollups that
+equal a recomputation from the raw readings (after a SIGKILL too), expiry,
+the upgrade of a schema 1 SQLite file, and the maintenance service.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sqlite3
+import time
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from sensornet.metrics import ServerMetrics
+from sensornet.reading import Reading
+from sensornet.store import openStore
+from sensornet.store.base import loadMigrations
+from sensornet.store.maintenance import StoreMaintenance
+from sensornet.store.retention import RetentionPolicy, parseOverride, parseRetention
+from sensornet.store.sqlite import SQLiteStore, splitStatements
+
+from serverproc import ServerProcess
+from test_durability import drain, sensors, sleep, stopSensors, waitFor
+
+NOW = time.time()
+
+
+def reading(sensor: str, seq: Any, value: float = 20.0, ts: Any = None, kind: str = "temperature") -> Reading:
+    return Reading(sensor, kind, value, "C", ts=ts if ts is not None else NOW - 3000 + (seq or 0),
+                   seq=seq, dialect="native", peer="127.0.0.1:4000", received_at=NOW)
+
+
+def compactAll(store: Any) -> int:
+    moved = 0
+    while True:
+        step = store.compactOnce(store.freshWatermark(), 100_000)
+        if not step:
+            return moved
+        moved += step
+
+
+def allReadings(store: Any, **filters: Any) -> List[Dict[str, Any]]:
+    return store.readings(limit=10**7, **filters)
+
+
+def recomputed(rows: List[Dict[str, Any]], width: float) -> Dict[Tuple[str, str, float], Tuple]:
+    """
+    Rollups computed from raw readings, the slow obvious way.
+    """
+    buckets: Dict[Tuple[str, str, float], List[Dict[str, Any]]] = {}
+    for r in rows:
+        micro = round(r["ts"] * 1e6)
+        start = (micro - micro % int(width * 1e6)) / 1e6
+        buckets.setdefault((r["sensor"], r["kind"], start), []).append(r)
+    out = {}
+    for key, members in buckets.items():
+        values = [m["value"] for m in members]
+        latest = max(members, key=lambda m: (m["ts"], m["id"]))
+        out[key] = (len(values), min(values), max(values), sum(values) / len(values), latest["value"])
+    return out
+
+
+def fromStore(store: Any, sensors: List[str], step: str, since: float, until: float) -> Dict:
+    out = {}
+    for name in sensors:
+        for b in store.rollups(name, None, since, until, step):
+            out[(b["sensor"], b["kind"], b["ts"])] = (b["count"], b["min"], b["max"], b["mean"], b["last"])
+    return out
+
+
+def assertRollupsExact(store: Any, since: float, until: float) -> None:
+    rows = allReadings(store)
+    names = sorted({r["sensor"] for r in rows})
+    for step, width in (("1m", 60.0), ("1h", 3600.0)):
+        expected = recomputed(rows, width)
+        got = fromStore(store, names, step, since, until)
+        assert set(got) == set(expected), step
+        for key, (count, lo, hi, mean, last) in expected.items():
+            gCount, gLo, gHi, gMean, gLast = got[key]
+            assert (gCount, gLo, gHi, gLast) == (count, lo, hi, last), (step, key)
+            assert math.isclose(gMean, mean, rel_tol=1e-12), (step, key)
+
+
+def test_resends_after_compaction_are_duplicates_and_gaps_are_filled(store_url) -> None:
+    """
+    A resend of a compacted reading is a duplicate (the slow path looks in
+    the blocks); a seq below the high-water mark that was never stored (a
+    gap) is stored; neither changes the rollups wrongly.
+    """
+    store = openStore(store_url)
+    try:
+        first = [reading(f"s{k}", seq) for seq in range(0, 100) if seq != 50 for k in range(3)]
+        assert store.write(first).stored == len(first)
+        assert compactAll(store) == len(first)
+        again = [reading("s1", 10), reading("s1", 50), reading("s1", 50), reading("s2", 99), reading("s2", 100)]
+        result = store.write(again)
+        assert result.duplicateIndexes == (0, 2, 3)
+        seqs = sorted(r["seq"] for r in allReadings(store, sensor="s1"))
+        assert seqs == list(range(100))
+        assert sorted(r["seq"] for r in allReadings(store, sensor="s2")) == [s for s in range(101) if s != 50]
+        assertRollupsExact(store, NOW - 7200, NOW + 60)
+        compactAll(store)
+        assertRollupsExact(store, NOW - 7200, NOW + 60)
+        summary = {(s["sensor"], s["kind"]): s["count"] for s in store.sensors()}
+        assert summary == {("s0", "temperature"): 99, ("s1", "temperature"): 100, ("s2", "temperature"): 100}
+    finally:
+        store.close()
+
+
+def test_a_sensor_seq_is_unique_across_its_kinds(store_url) -> None:
+    """
+    (sensor, seq) names one reading whatever its kind, as in schema 1.
+    """
+    store = openStore(store_url)
+    try:
+        assert store.write([reading("w", 1, kind="temperature")]).stored == 1
+        result = store.write([reading("w", 1, kind="humidity"), reading("w", 2, kind="humidity")])
+        assert result.duplicateIndexes == (0,)
+    finally:
+        store.close()
+
+
+def test_readings_page_through_fresh_rows_and_blocks_in_time_order(store_url) -> None:
+    """
+    Paging by cursor position returns every reading once, in (ts, id)
+    order, whether it is in a fresh row or a block, and the early stop over
+    blocks loses nothing.
+    """
+    store = openStore(store_url)
+    try:
+        # Readings over three hours, out of order, in several batches.
+        made = [reading(f"p{k % 7}", k, value=k, ts=NOW - 3 * 3600 + (k * 7919) % 10800) for k in range(2000)]
+        for start in range(0, 2000, 300):
+            store.write(made[start:start + 300])
+            if start == 900:
+                compactAll(store)
+        everything = allReadings(store)
+        assert [(r["ts"], r["id"]) for r in everything] == sorted((r["ts"], r["id"]) for r in everything)
+        assert len(everything) == 2000
+        seen = []
+        after = None
+        while True:
+            page = store.readings(limit=137, after=after)
+            if not page:
+                break
+            seen.extend(page)
+            after = page[-1]["_position"]
+        assert [r["id"] for r in seen] == [r["id"] for r in everything]
+        window = store.readings(since=NOW - 7200, until=NOW - 3600, limit=10**6)
+        assert window == [r for r in everything if NOW - 7200 <= r["ts"] < NOW - 3600]
+    finally:
+        store.close()
+
+
+def test_expiry_deletes_each_tier_past_its_retention_only(tmp_path) -> None:
+    """
+    Blocks past the raw retention go, rollups past theirs go, a sensor
+    matched by an override keeps its own retention; nothing newer is
+    touched.
+    """
+    store = SQLiteStore(str(tmp_path / "x.db"))
+    store.retention = RetentionPolicy(
+        parseRetention("raw:2d,1m:10d,1h:100d"), [parseOverride("sensor:keep-*=raw:60d,1m:60d,1h:1y")]
+    )
+    store.open()
+    try:
+        day = 86400.0
+        made = []
+        for name in ("old", "keep-1"):
+            for k, age in enumerate((50 * day, 5 * day, 1 * day)):
+                made.append(reading(name, k, value=k, ts=NOW - age))
+        store.write(made)
+        compactAll(store)
+        after, deleted = store.expireOnce(NOW, 0, 1000)
+        assert after == 0 and deleted > 0
+        assert [r["seq"] for r in allReadings(store, sensor="old")] == [2]
+        assert [r["seq"] for r in allReadings(store, sensor="keep-1")] == [0, 1, 2]
+        old1m = store.rollups("old", None, NOW - 60 * day, NOW, "1m")
+        assert [b["last"] for b in old1m] == [1.0, 2.0]
+        old1h = store.rollups("old", None, NOW - 60 * day, NOW, "1h")
+        assert [b["last"] for b in old1h] == [0.0, 1.0, 2.0]
+        assert [b["last"] for b in store.rollups("keep-1", None, NOW - 60 * day, NOW, "1m")] == [0.0, 1.0, 2.0]
+        assert store.expireOnce(NOW, 0, 1000) == (0, 0)
+    finally:
+        store.close()
+
+
+def test_a_schema_1_file_is_upgraded_in_place(tmp_path) -> None:
+    """
+    A database written by the schema 1 release (its tables made by its own
+    schema file, with data) is migrated on open: every reading keeps its
+    id and fields, the sensor summary is the same, resends stay duplicates,
+    rollups equal a recomputation, and new ids continue above the old.
+    """
+    path = str(tmp_path / "v1.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+    for statement in splitStatements(loadMigrations("sqlite")[0].sql):
+        db.execute(statement)
+    db.execute("INSERT INTO schema_version VALUES (1, 'initial', 0)")
+    rows = []
+    for k in range(600):
+        sensor = f"v1-{k % 5}"
+        kind = "humidity" if k % 3 == 0 else "temperature"
+        seq = None if k % 11 == 0 else k
+        rows.append((k * 2 + 1, sensor, kind, 20.0 + k / 7, "C" if kind == "temperature" else "%",
+                     NOW - 5000 + (k // 2), seq, NOW - 4000 + k, f"10.0.0.{k % 3}:5{k % 4}", "native"))
+    db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    summary: Dict[Tuple[str, str], List[Any]] = {}
+    for _, sensor, kind, value, unit, ts, _, at, _, _ in rows:
+        entry = summary.setdefault((sensor, kind), [unit, value, ts, 0, at, at])
+        if ts >= entry[2]:
+            entry[0:3] = [unit, value, ts]
+        entry[3] += 1
+        entry[4] = min(entry[4], at)
+        entry[5] = max(entry[5], at)
+    db.executemany(
+        "INSERT INTO sensors VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*key, *entry) for key, entry in summary.items()]
+    )
+    db.close()
+
+    store = SQLiteStore(path)
+    store.open()
+    try:
+        assert store.schemaVersion() == len(loadMigrations("sqlite"))
+        got = {r["id"]: r for r in allReadings(store)}
+        assert len(got) == len(rows)
+        for rid, sensor, kind, value, unit, ts, seq, at, peer, dialect in rows:
+            r = got[rid]
+            assert (r["sensor"], r["kind"], r["value"], r["unit"], r["seq"], r["peer"], r["dialect"]) == (
+                sensor, kind, value, unit, seq, peer, dialect)
+            assert abs(r["ts"] - ts) < 1e-6 and abs(r["received_at"] - at) < 1e-6
+        sensorsNow = {(s["sensor"], s["kind"]): s for s in store.sensors()}
+        assert set(sensorsNow) == set(summary)
+        for key, (unit, value, ts, count, first, last) in summary.items():
+            s = sensorsNow[key]
+            assert (s["unit"], s["value"], s["count"]) == (unit, value, count)
+            assert abs(s["ts"] - ts) < 1e-6 and abs(s["first_seen"] - first) < 1e-6
+        assertRollupsExact(store, NOW - 7200, NOW + 60)
+        result = store.write([reading("v1-1", 1), reading("v1-1", 100000)])
+        assert result.duplicateIndexes == (0,)
+        newest = allReadings(store, sensor="v1-1")[-1]
+        assert newest["seq"] == 100000 and newest["id"] > max(r[0] for r in rows)
+    finally:
+        store.close()
+    tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert not {"v1_readings", "v1_sensors", "readings"} & tables
+
+
+def compactedSome(url: str) -> bool:
+    """
+    Whether some stored readings have left their fresh rows.
+    """
+    store = openStore(url)
+    try:
+        stored = sum(s["count"] for s in store.sensors())
+        return store.fleetStats()["fresh_readings"] < stored
+    finally:
+        store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_rollups_equal_a_recomputation_after_sigkill(reactor, tmp_path, store_url):
+    """
+    With the compactor running every round (compact-after 0.3 s), a server
+    is SIGKILLed mid-stream and restarted; once the sensors have drained,
+    every rollup equals a recomputation from the raw readings, before and
+    after the last fresh rows are compacted: no reading counted twice or
+    missed, whatever the kill interrupted.
+    """
+    extra = ["--compact-after", "0.3"]
+    server = ServerProcess(store_url, str(tmp_path), extra=extra).start()
+    made = sensors(reactor, server.port, 4, "kill", interval=0.005)
+    try:
+        for _ in range(2):
+            yield waitFor(reactor, lambda: all(len(s.outbox.acked) > 60 for s in made), what="acks")
+            yield waitFor(reactor, lambda: compactedSome(store_url), what="a compaction round")
+            yield sleep(reactor, random.uniform(0.0, 1.0))
+            server.kill()
+            yield sleep(reactor, 0.3)
+            server = ServerProcess(store_url, str(tmp_path), port=server.port, extra=extra).start()
+            for s in made:
+                s.outbox.acked.clear()
+        yield sleep(reactor, 1.0)
+        yield drain(reactor, made)
+    finally:
+        yield stopSensors(made)
+        server.kill()
+    store = openStore(store_url)
+    try:
+        rows = allReadings(store)
+        assert len(rows) > 300
+        for s in made:
+            seqs = sorted(r["seq"] for r in rows if r["sensor"] == s.name)
+            assert seqs == list(range(seqs[0], s.nextSeq))
+        since, until = min(r["ts"] for r in rows) - 3600, max(r["ts"] for r in rows) + 3600
+        assertRollupsExact(store, since, until)
+        compactAll(store)
+        assert store.fleetStats()["fresh_readings"] == 0
+        assertRollupsExact(store, since, until)
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.inlineCallbacks
+def test_maintenance_compacts_old_fresh_rows_and_counts_them(reactor, tmp_path):
+    """
+    The maintenance service compacts what is older than compactAfter (not
+    newer), reports it in its metrics, and stops cleanly.
+    """
+    url = f"sqlite:{tmp_path / 'm.db'}"
+    store = openStore(url)
+    store.write([reading(f"m{k}", seq) for seq in range(50) for k in range(10)])
+    metrics = ServerMetrics()
+    service = StoreMaintenance(url, reactor, metrics, compactAfter=0.5)
+    service.interval = 0.1
+    service.startService()
+    try:
+        yield waitFor(reactor, lambda: service.compacted == 500, timeout=20, what="compaction")
+        store.write([reading("m0", 1000)])
+        yield sleep(reactor, 0.2)
+        assert store.fleetStats()["fresh_readings"] == 1
+        assert metrics.registry.get_sample_value("sensornet_store_compacted_readings_total") == 500
+        yield waitFor(reactor, lambda: service.compacted == 501, timeout=20, what="the late one")
+        yield waitFor(
+            reactor, lambda: metrics.registry.get_sample_value("sensornet_store_fresh_readings") == 0,
+            timeout=20, what="gauge",
+        )
+        assert metrics.registry.get_sample_value("sensornet_store_series") == 10
+        assert service.failures == 0
+    finally:
+        yield service.stopService()
+        store.close()
+    assert [r["seq"] for r in allReadings(openStore(url), sensor="m0")] == list(range(50)) + [1000]
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.inlineCallbacks
+def test_maintenance_survives_a_failing_store_and_counts_failures(reactor, tmp_path):
+    """
+    A round that fails is counted and retried; maintenance goes on once the
+    store answers again.
+    """
+    url = f"sqlite:{tmp_path / 'f.db'}"
+    seed = openStore(url)
+    seed.write([reading("f", seq) for seq in range(20)])
+    seed.close()
+    broken = [True]
+
+    class Flaky(SQLiteStore):
+        def compactOnce(self, upTo: int, limit: int) -> int:
+            if broken[0]:
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().compactOnce(upTo, limit)
+
+    metrics = ServerMetrics()
+    service = StoreMaintenance(url, reactor, metrics, compactAfter=0.0, openStore=lambda u: Flaky(u[7:]))
+    service.interval = 0.05
+    service.startService()
+    try:
+        yield waitFor(reactor, lambda: service.failures >= 3, timeout=20, what="failures")
+        assert metrics.registry.get_sample_value("sensornet_store_maintenance_failures_total") >= 3
+        broken[0] = False
+        yield waitFor(reactor, lambda: service.compacted == 20, timeout=20, what="recovery")
+    finally:
+        yield service.stopService()
