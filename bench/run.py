@@ -59,7 +59,8 @@ def waitPort(port: int, timeout: float = 20.0) -> None:
 
 
 def sensornetCommand(
-    port: int, store: str, workdir: str, http: str = "none", logReadings: bool = False, backlog: int = 1024
+    port: int, store: str, workdir: str, http: str = "none", logReadings: bool = False, backlog: int = 1024,
+    extra: tuple = (),
 ) -> list:
     """
     The command line of a sensornet server (twistd's plugin) on
@@ -71,7 +72,7 @@ def sensornetCommand(
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "-n", "--pidfile=", "--logfile", os.path.join(workdir, "server.log"),
         "sensornet-server", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}", "--http", http,
-        "--store", store,
+        "--store", store, *extra,
     ] + ([] if logReadings else ["--no-log-readings"])
 
 
@@ -85,6 +86,25 @@ def stopServer(server: subprocess.Popen, timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
+
+
+def waitCompacted(path: str, timeout: float) -> float:
+    """
+    Wait until the SQLite store at C{path} holds no fresh rows; returns the
+    seconds waited.
+    """
+    import sqlite3
+
+    start = time.time()
+    while time.time() - start < timeout:
+        db = sqlite3.connect(path, timeout=10)
+        try:
+            if db.execute("SELECT count(*) FROM fresh").fetchone()[0] == 0:
+                break
+        finally:
+            db.close()
+        time.sleep(0.2)
+    return time.time() - start
 
 
 def cpuSeconds(pid: int) -> float:
@@ -128,6 +148,10 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace, files
         result = json.loads(load.stdout)
         result["name"] = name
         result["cpu_us"] = used / result["acked"] * 1e6 if result["acked"] else float("nan")
+        if files:
+            # Bytes per reading are those of the compacted store: wait for
+            # the compactor to empty the fresh rows (not part of the rate).
+            result["compact_s"] = waitCompacted(files[0], args.seconds)
     finally:
         stopServer(server)
     if files:
@@ -183,7 +207,10 @@ def run(args: argparse.Namespace) -> None:
         port = freePort()
         path = os.path.join(workdir, "bench.db")
         files = (path, path + "-wal")
-        rows.append(measure("sqlite", sensornetCommand(port, "sqlite:" + path, workdir), port, args, files))
+        rows.append(measure(
+            "sqlite", sensornetCommand(port, "sqlite:" + path, workdir, extra=("--compact-after", "1")),
+            port, args, files,
+        ))
         if args.pg:
             port = freePort()
             rows.append(measure("postgresql", sensornetCommand(port, args.pg, workdir), port, args))

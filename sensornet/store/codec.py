@@ -37,6 +37,7 @@ __all__ = [
     "NO_SEQ",
     "encodeFresh",
     "decodeFresh",
+    "decodeFreshMany",
     "encodeBlock",
     "decodeBlock",
     "concatenate",
@@ -160,6 +161,30 @@ def decodeFresh(data: bytes) -> Columns:
         out.append(_unpack(code, data[offset:offset + n * width]))
         offset += n * width
     return Columns(*out)
+
+
+def decodeFreshMany(rows: Sequence[bytes]) -> Columns:
+    """
+    The readings of several fresh rows, one after the other: the same as
+    L{concatenate} of L{decodeFresh} of each, with one array conversion per
+    column instead of one per row and column (the compactor's rows hold a
+    handful of readings each).
+
+    @raise CodecError: One of C{rows} is not a fresh row.
+    """
+    parts: List[List[bytes]] = [[] for _ in _LAYOUT]
+    for data in rows:
+        _, n = _header(data, _FRESH)
+        if len(data) != _HEADER.size + n * 44:
+            raise CodecError(f"a fresh row of {n} readings cannot be {len(data)} bytes")
+        offset = _HEADER.size
+        for index, (_, width) in enumerate(_LAYOUT):
+            parts[index].append(data[offset:offset + n * width])
+            offset += n * width
+    ids, ts, seqs, values, received, origins = (
+        _unpack(code, b"".join(chunks)) for (code, _), chunks in zip(_LAYOUT, parts)
+    )
+    return Columns(ids, ts, seqs, values, received, origins)
 
 
 def _header(data: bytes, expected: int) -> Tuple[int, int]:

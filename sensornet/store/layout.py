@@ -34,9 +34,9 @@ from .codec import (
     NO_SEQ,
     Columns,
     Rollup,
-    concatenate,
     decodeBlock,
     decodeFresh,
+    decodeFreshMany,
     encodeBlock,
     encodeFresh,
     mergeRollup,
@@ -355,8 +355,13 @@ def _splitBySpan(columns: Columns) -> List[Columns]:
     C{columns} in time order, cut wherever a block would span more than
     L{BLOCK_SPAN}: readings of one hour-aligned window per block.
     """
-    order = sorted(range(len(columns.ids)), key=lambda k: (columns.ts[k], columns.ids[k]))
-    ordered = columns.select(order)
+    if columns.ts == sorted(columns.ts):
+        # The usual case, checked in C: in time order already, and ids
+        # grow in the order readings were stored.
+        ordered = columns
+    else:
+        order = sorted(range(len(columns.ids)), key=lambda k: (columns.ts[k], columns.ids[k]))
+        ordered = columns.select(order)
     windows: List[Columns] = []
     start = 0
     ts = ordered.ts
@@ -377,15 +382,15 @@ def compact(fresh: Iterable[Tuple[int, bytes]], level: int = 6) -> CompactionPla
     Merge fresh rows (series id, data) into blocks and rollups: one block
     per series and hour-aligned window, in time order within it.
     """
-    perSeries: Dict[int, List[Columns]] = {}
+    perSeries: Dict[int, List[bytes]] = {}
     for sid, data in fresh:
-        perSeries.setdefault(sid, []).append(decodeFresh(data))
+        perSeries.setdefault(sid, []).append(data)
     blocks = []
     minutes = []
     hours = []
     total = 0
     for sid in sorted(perSeries):
-        merged = concatenate(perSeries[sid])
+        merged = decodeFreshMany(perSeries[sid])
         total += len(merged.ids)
         minutes.extend(_rollupRows(sid, rollups(merged, MINUTE)))
         hours.extend(_rollupRows(sid, rollups(merged, HOUR)))

@@ -447,9 +447,18 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise classify(e) from e
         try:
+            if db.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # A new file: let the compactor give the pages of deleted
+                # fresh rows back to the file system (set before any table).
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._enableWAL(db)
             db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            self._migrate(db)
+            if self._migrate(db):
+                # Schema 1's rows were converted: reclaim their space, and
+                # turn on incremental vacuum (only VACUUM can, on a file
+                # that has tables). Once, at the upgrade.
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                db.execute("VACUUM")
             self._applyRetention(db)
         except BaseException as e:
             db.close()
@@ -474,7 +483,12 @@ class SQLiteStore(Store):
                     raise
                 time.sleep(0.01)
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
+    def _migrate(self, db: sqlite3.Connection) -> bool:
+        """
+        Apply the migrations the file lacks; returns whether schema 1 data
+        was converted.
+        """
+        converted = False
         migrations = loadMigrations("sqlite")
         # The write lock, taken before reading the version, makes two
         # servers opening one file at once apply each migration once.
@@ -494,6 +508,7 @@ class SQLiteStore(Store):
                 for statement in splitStatements(migration.sql):
                     db.execute(statement)
                 if migration.version == 2:
+                    converted = current >= 1
                     self._convertVersion1(db)
                 db.execute(
                     "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
@@ -503,6 +518,7 @@ class SQLiteStore(Store):
         except BaseException:
             _rollback(db)
             raise
+        return converted
 
     def _convertVersion1(self, db: sqlite3.Connection) -> None:
         """
@@ -896,9 +912,28 @@ class SQLiteStore(Store):
                 except BaseException:
                     _rollback(db)
                     raise
+                self._shrink(db)
         except (sqlite3.Error, OverflowError) as e:
             raise classify(e) from e
         return plan.readings
+
+    #: Free pages (of deleted fresh rows) kept for reuse, as a share of the
+    #: file, before the compactor gives the rest back to the file system.
+    freeShare = 0.25
+
+    def _shrink(self, db: sqlite3.Connection) -> None:
+        """
+        With the write lock held: when more than L{freeShare} of the file is
+        free pages (a burst of fresh rows, now compacted), give back at most
+        4096 pages (16 MiB) of them, so the file follows the data down.
+        """
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        excess = free - int(pages * self.freeShare)
+        if excess > 256:
+            # executescript steps the pragma to its end; execute() would
+            # free a single page (it stops at the first step).
+            db.executescript(f"PRAGMA incremental_vacuum({min(excess, 4096)});")
 
     def expireOnce(self, now: float, after: int, limit: int) -> Tuple[int, int]:
         rules = retentionRules(self.retention)
