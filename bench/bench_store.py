@@ -93,7 +93,7 @@ def main(reactor: Any, options: argparse.Namespace) -> Any:
 
         store = PostgreSQLStore(options.pg)
         store.open()
-        store._connection().execute("TRUNCATE readings, sensors")  # a clean run each time
+        store._connection().execute("TRUNCATE sensors, series, origins, fresh, blocks, rollup_1m, rollup_1h")  # a clean run each time
         store.close()
         rates["postgresql"] = yield run(reactor, "postgresql", options.pg, None, readings, options.chunk)
     print()

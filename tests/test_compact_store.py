@@ -370,3 +370,22 @@ def test_maintenance_survives_a_failing_store_and_counts_failures(reactor, tmp_p
         yield waitFor(reactor, lambda: service.compacted == 20, timeout=20, what="recovery")
     finally:
         yield service.stopService()
+
+
+def test_rollups_are_whole_buckets_before_and_after_compaction(store_url) -> None:
+    """
+    A query ending inside a bucket answers that whole bucket, the same
+    before the readings are compacted as after (it used to count only the
+    fresh readings before the end).
+    """
+    store = openStore(store_url)
+    try:
+        bucket = (int(NOW) // 60 - 30) * 60
+        store.write([reading("edge", 1, value=1.0, ts=bucket + 10), reading("edge", 2, value=3.0, ts=bucket + 50)])
+        before = store.rollups("edge", None, bucket + 5, bucket + 30, "1m")
+        compactAll(store)
+        after = store.rollups("edge", None, bucket + 5, bucket + 30, "1m")
+        assert before == after
+        assert [(b["ts"], b["count"], b["mean"], b["last"]) for b in after] == [(bucket, 2, 2.0, 3.0)]
+    finally:
+        store.close()

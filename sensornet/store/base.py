@@ -264,7 +264,8 @@ class Store:
     ) -> List[Dict[str, Any]]:
         """
         One sensor's readings folded into buckets of C{step} (C{"1m"} or
-        C{"1h"}) with C{since <= bucket start < until}, from the rollup
+        C{"1h"}): every whole bucket overlapping [C{since}, C{until}) (the
+        first one may start before C{since}), from the rollup
         tables plus the readings not yet compacted (so a reading counts as
         soon as it is acknowledged, and exactly once).
 

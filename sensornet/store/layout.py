@@ -507,16 +507,20 @@ def foldRollups(
     """
     Rollup rows from a rollup table (series, bucket, count, lo, hi, total,
     last_ts, last) merged with the not yet compacted readings of C{fresh}
-    rows, for the buckets of C{width} overlapping [C{since}, C{until}), as
+    rows, for the whole buckets of C{width} overlapping [C{since}, C{until}),
+    as
     L{sensornet.store.base.Store.rollups} returns them.
     """
     acc: Dict[Tuple[int, int], Rollup] = {}
     for seriesId, bucket, *rest in stored:
         acc[(seriesId, bucket)] = Rollup(*rest)
+    # Whole buckets, as the rollup rows are: the one holding since and the
+    # one holding the last microsecond before until, complete.
     start = since - since % width
+    end = until + (-until) % width
     for seriesId, data in fresh:
         c = decodeRow(data)
-        keep = [k for k, t in enumerate(c.ts) if start <= t < until]
+        keep = [k for k, t in enumerate(c.ts) if start <= t < end]
         if not keep:
             continue
         picked = c.select(keep)

@@ -869,7 +869,7 @@ class SQLiteStore(Store):
                 ).fetchall()
                 fresh = db.execute(
                     f"SELECT series, data FROM fresh WHERE {condition} AND t1 >= ? AND t0 < ?",
-                    params + [sinceUs - sinceUs % width, untilUs],
+                    params + [sinceUs - sinceUs % width, untilUs + (-untilUs) % width],
                 ).fetchall()
                 return foldRollups(stored, fresh, width, sinceUs, untilUs, self._names(db))
             finally:
