@@ -20,7 +20,8 @@ Who provides what:
     write-ahead log a checkpointer keeps bounded; the server's metrics
     report on it.
   - L{IStoreQueries}: L{sensornet.store.queries.StoreQueries}, the read side
-    the HTTP API uses.
+    the HTTP API uses; L{IRollupQueries} extends it with rollups (the same
+    class provides both; a stand-in may provide only the first).
   - L{IChunkObserver}: L{sensornet.accounting.ChunkAccounting}, told once per
     chunk what a sensor connection received and answered.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "IStore",
     "ICheckpointedStore",
     "IStoreQueries",
+    "IRollupQueries",
     "IChunkObserver",
 ]
 
@@ -205,6 +207,27 @@ class IStoreQueries(Interface):
     def ping():  # type: ignore[no-untyped-def]
         """
         Whether the store answers now; never fails.
+        """
+
+
+class IRollupQueries(IStoreQueries):
+    """
+    The read side with rollups too: what C{GET /api/readings?step=...}
+    needs. A separate interface, so that a query side written against
+    L{IStoreQueries} alone still serves every other request.
+    """
+
+    def rollups(sensor, kind, since, until, step):  # type: ignore[no-untyped-def]
+        """
+        One sensor's readings folded into buckets of C{step} (C{"1m"} or
+        C{"1h"}) overlapping [C{since}, C{until}) (seconds since the epoch),
+        of one kind or every kind (C{kind} L{None}): dicts with keys
+        C{sensor}, C{kind}, C{ts}, C{count}, C{min}, C{max}, C{mean},
+        C{last} ordered by (C{ts}, C{kind}) (see
+        L{sensornet.store.queries.StoreQueries.rollups}). Fails with
+        L{ValueError} for a bad argument (an unknown step, a range of more
+        than L{sensornet.store.queries.MAX_BUCKETS} buckets) and with
+        L{sensornet.store.StoreUnavailable} when the store cannot be read.
         """
 
 

@@ -133,10 +133,15 @@ async def test_running_server_conforms_to_the_description(tmp_path: Path, reacto
             ("/api/readings", "?limit=3&format=csv"),
             ("/api/readings", "?limit=0"),
             ("/api/readings", "?cursor=garbage"),
+            ("/api/readings", "?sensor=client-1&step=1m&since=2024-06-11T10:00:00Z&until=1718100100"),
+            ("/api/readings", "?sensor=client-1&kind=temperature&step=auto&format=csv"),
+            ("/api/readings", "?step=1h"),
+            ("/api/readings", "?sensor=client-1&step=1m&since=1"),
             ("/metrics", ""),
             ("/healthz", ""),
             ("/readyz", ""),
         ]
+        answers: Dict[str, Tuple[int, bytes]] = {}
         for path, query in requests:
             response = await within(client.get(harness.url + path + query), reactor)
             body = await within(response.content(), reactor)
@@ -144,6 +149,10 @@ async def test_running_server_conforms_to_the_description(tmp_path: Path, reacto
                 path, response.code, (response.headers.getRawHeaders(b"content-type") or [None])[0],
                 body, response.headers,
             )
+            answers[path + query] = (response.code, body)
+        # The step answer validated above is a real one, not an empty list.
+        code, body = answers["/api/readings?sensor=client-1&step=1m&since=2024-06-11T10:00:00Z&until=1718100100"]
+        assert code == 200 and [b["kind"] for b in json.loads(body)["buckets"]] == ["humidity", "temperature"]
 
         # The stream: headers, then one event whose data is documented.
         response, collector = await openStream(reactor, harness.url + "/api/stream")
@@ -168,6 +177,10 @@ async def test_running_server_conforms_to_the_description(tmp_path: Path, reacto
             response = await stub.get("http://x" + path)
             body = await response.content()
             conformance.check(path, response.code, response.headers.getRawHeaders(b"content-type")[0], body)
+        # A query side without rollups cannot answer a step.
+        response = await stub.get("http://x/api/readings?sensor=client-1&step=1h")
+        body = await response.content()
+        conformance.check("/api/readings", response.code, response.headers.getRawHeaders(b"content-type")[0], body)
 
     # The live stream's refusals: a bad parameter, and one stream past the cap.
     site = makeSite(None, LiveFeed(), ServerMetrics(), lambda: (), Clock())

@@ -11,6 +11,10 @@ last row of the previous page. Rows with equal C{ts} are ordered by C{id},
 so a page boundary falling among them neither repeats nor skips a row, and
 rows stored after the first page was read appear on later pages if their
 position comes after the cursor.
+
+Rollups (L{StoreQueries.rollups}) fold one sensor's readings into buckets of
+a minute or an hour; a query covers at most L{MAX_BUCKETS} of them, so its
+work is bounded whatever range a client names.
 """
 
 from __future__ import annotations
@@ -26,11 +30,21 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from zope.interface import implementer
 
-from ..interfaces import IStoreQueries
+from ..interfaces import IRollupQueries
 from .base import Store, StoreUnavailable, parseStoreURL
 from .threads import WorkerThreads
 
-__all__ = ["StoreQueries", "MAX_LIMIT", "EARLIEST_TIME", "LATEST_TIME", "encodeCursor", "decodeCursor"]
+__all__ = [
+    "StoreQueries",
+    "MAX_LIMIT",
+    "MAX_BUCKETS",
+    "STEP_SECONDS",
+    "EARLIEST_TIME",
+    "LATEST_TIME",
+    "bucketRange",
+    "encodeCursor",
+    "decodeCursor",
+]
 
 #: The most readings one page returns, whatever the caller asks for (the
 #: HTTP API refuses a larger C{limit}).
@@ -42,6 +56,13 @@ MAX_LIMIT = 10_000
 #: would refuse a time far beyond, SQLite an integer beyond 64 bits.
 EARLIEST_TIME = -62_135_596_800.0
 LATEST_TIME = 253_402_300_799.999_999
+
+#: The most buckets one rollup query covers, per series: a day of minutes
+#: is 1,440, a year of hours 8,760; a year of minutes (525,600) is refused.
+MAX_BUCKETS = 100_000
+
+#: The rollup steps the store keeps, and their widths in seconds.
+STEP_SECONDS = {"1m": 60, "1h": 3600}
 
 #: The largest row id (SQLite and PostgreSQL ids are signed 64-bit).
 _MAX_ROW_ID = 2**63 - 1
@@ -86,6 +107,26 @@ def decodeCursor(cursor: str) -> Tuple[Any, int]:
     return timeKey, rowId
 
 
+def bucketRange(since: float, until: float, step: str) -> Tuple[float, float, int]:
+    """
+    The buckets of C{step} overlapping [C{since}, C{until}): the start of
+    the first, the end of the last (seconds since the epoch, multiples of
+    the step's width) and how many there are (0 when C{until <= since}).
+    Computed in whole microseconds, as the store keeps times, so no float
+    rounding moves a bound across a bucket's edge.
+
+    @raise KeyError: C{step} is not one of L{STEP_SECONDS}.
+    """
+    width = STEP_SECONDS[step] * 1_000_000
+    start = int(round(since * 1_000_000))
+    end = int(round(until * 1_000_000))
+    first = start - start % width
+    if end <= start:
+        return first / 1_000_000, first / 1_000_000, 0
+    last = end + (-end) % width
+    return first / 1_000_000, last / 1_000_000, (last - first) // width
+
+
 def _optionalTime(name: str, value: Any) -> Optional[float]:
     if value is None:
         return None
@@ -98,7 +139,7 @@ def _optionalTime(name: str, value: Any) -> Optional[float]:
     return number
 
 
-@implementer(IStoreQueries)
+@implementer(IRollupQueries)
 class StoreQueries(Service):
     """
     Asynchronous read queries over a store, for the HTTP API.
@@ -246,6 +287,55 @@ class StoreQueries(Service):
         except (TypeError, ValueError) as e:
             return fail(ValueError(str(e)))
         return self._run(self._page, limit, **filters)
+
+    def rollups(
+        self,
+        sensor: str,
+        kind: Optional[str],
+        since: float,
+        until: float,
+        step: str,
+    ) -> Deferred[List[Dict[str, Any]]]:
+        """
+        One sensor's readings, of one kind or of every kind (C{kind}
+        L{None}), folded into buckets of C{step} overlapping [C{since},
+        C{until}); compacted readings and those not yet compacted alike, each
+        counted once (see L{sensornet.store.base.Store.rollups}).
+
+        A bucket is always whole: the first holds its readings before
+        C{since}. Give bounds on the step's edges (L{bucketRange}) to get
+        the same last bucket whether or not its readings were compacted yet.
+
+        @param step: C{"1m"} or C{"1h"} (L{STEP_SECONDS}).
+        @param since: Seconds since the epoch, from L{EARLIEST_TIME} to
+            L{LATEST_TIME}, not after C{until}; so is C{until}.
+        @return: A L{Deferred} firing with dicts with keys C{sensor},
+            C{kind}, C{ts} (the bucket's start), C{count}, C{min}, C{max},
+            C{mean}, C{last} (the value of its latest reading), ordered by
+            (C{ts}, C{kind}); buckets without readings are left out. It
+            fails with L{ValueError} for a bad argument or a range of more
+            than L{MAX_BUCKETS} buckets, and with
+            L{sensornet.store.StoreUnavailable} if the store cannot be read.
+        """
+        try:
+            if not isinstance(sensor, str) or not sensor:
+                raise ValueError(f"sensor must be a sensor's name, not {sensor!r}")
+            if kind is not None and not isinstance(kind, str):
+                raise ValueError(f"kind must be a kind's name or None, not {kind!r}")
+            if step not in STEP_SECONDS:
+                raise ValueError(f"step must be one of {', '.join(STEP_SECONDS)}, not {step!r}")
+            start = _optionalTime("since", since)
+            end = _optionalTime("until", until)
+            if start is None or end is None:
+                raise ValueError("since and until are both needed")
+            if end < start:
+                raise ValueError("until must not be earlier than since")
+            buckets = bucketRange(start, end, step)[2]
+            if buckets > MAX_BUCKETS:
+                raise ValueError(f"{buckets} buckets of {step} is more than {MAX_BUCKETS}")
+        except (TypeError, ValueError) as e:
+            return fail(ValueError(str(e)))
+        return self._run(self._inThread, "rollups", sensor, kind, start, end, step)
 
     def ping(self) -> Deferred[bool]:
         """

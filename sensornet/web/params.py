@@ -5,7 +5,8 @@ Every function here takes the decoded query (as C{twisted.web} gives it:
 C{dict[bytes, list[bytes]]}) and either returns plain values or raises
 L{ParameterError} naming the offending parameter, so the resource can answer
 C{400} with a message a person can act on. Nothing here touches a request,
-a reactor or the store (only the store's limits are shared with it).
+a reactor or the store (only the store's limits are shared with it): the
+time "now", which a rollup range defaults to, is passed in.
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from ..store.queries import EARLIEST_TIME, LATEST_TIME, MAX_LIMIT
+from ..store.queries import EARLIEST_TIME, LATEST_TIME, MAX_BUCKETS, MAX_LIMIT, STEP_SECONDS, bucketRange
 
 __all__ = [
     "ParameterError",
     "ReadingsQuery",
+    "RollupRange",
     "parseReadingsQuery",
+    "rollupRange",
     "parseTime",
     "singleParameter",
     "wantsCSV",
     "DEFAULT_LIMIT",
     "READINGS_PARAMETERS",
+    "STEPS",
+    "DEFAULT_SPANS",
+    "AUTO_FINEST_SPAN",
 ]
 
 #: Readings per page when the client names no C{limit}; the largest
@@ -33,8 +39,18 @@ __all__ = [
 DEFAULT_LIMIT = 1000
 
 #: Every query parameter C{GET /api/readings} understands.
-READINGS_PARAMETERS = ("sensor", "kind", "since", "until", "limit", "cursor", "format")
+READINGS_PARAMETERS = ("sensor", "kind", "since", "until", "limit", "cursor", "format", "step")
 _FORMATS = ("json", "csv")
+
+#: The values C{step} takes: a bucket width the store keeps, or C{auto}.
+#: Case matters: C{1M} could as well mean a month.
+STEPS = tuple(STEP_SECONDS) + ("auto",)
+
+#: How far back C{since} defaults to, from C{until}, per step (seconds).
+DEFAULT_SPANS = {"1m": 86_400.0, "1h": 30 * 86_400.0, "auto": 86_400.0}
+
+#: C{step=auto} takes minutes up to this range (seconds), hours beyond it.
+AUTO_FINEST_SPAN = 2 * 86_400.0
 
 
 class ParameterError(ValueError):
@@ -67,6 +83,22 @@ class ReadingsQuery:
     limit: int = DEFAULT_LIMIT
     cursor: Optional[str] = None
     format: Optional[str] = None
+    step: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RollupRange:
+    """
+    What a C{GET /api/readings?step=...} reads: the buckets of C{step}
+    (C{"1m"} or C{"1h"}, never C{"auto"}) from C{since} (inclusive) to
+    C{until} (exclusive), both on the step's edges, in seconds since the
+    epoch; C{buckets} of them per series, at most L{MAX_BUCKETS}.
+    """
+
+    step: str
+    since: float
+    until: float
+    buckets: int
 
 
 def parseTime(name: str, text: str) -> float:
@@ -158,6 +190,22 @@ def parseReadingsQuery(args: Mapping[bytes, Sequence[bytes]]) -> ReadingsQuery:
             raise ParameterError("limit", f"limit must be a whole number, not {values['limit']!r}") from None
         if not 1 <= limit <= MAX_LIMIT:
             raise ParameterError("limit", f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
+    step = values["step"]
+    if step is not None:
+        if step not in STEPS:
+            raise ParameterError(
+                "step",
+                f"step must be one of {', '.join(STEPS)} (minute, hour, or chosen from the range), not {step!r}",
+            )
+        if values["sensor"] is None:
+            raise ParameterError("sensor", "sensor is required with step: rollups are read one sensor at a time")
+        for paging in ("cursor", "limit"):
+            if values[paging] is not None:
+                raise ParameterError(
+                    paging,
+                    f"{paging} pages raw readings and cannot be used with step: a step answer is one list of "
+                    f"at most {MAX_BUCKETS} buckets per kind; narrow since and until instead",
+                )
     fmt = values["format"]
     if fmt is not None:
         fmt = fmt.lower()
@@ -171,7 +219,50 @@ def parseReadingsQuery(args: Mapping[bytes, Sequence[bytes]]) -> ReadingsQuery:
         limit=limit,
         cursor=values["cursor"],
         format=fmt,
+        step=step,
     )
+
+
+def rollupRange(query: ReadingsQuery, now: float) -> RollupRange:
+    """
+    The buckets a query with a C{step} reads.
+
+    C{until} defaults to C{now}, C{since} to C{until} less
+    L{DEFAULT_SPANS}C{[step]}. C{auto} is C{1m} when C{until - since} is at
+    most L{AUTO_FINEST_SPAN}, else C{1h}. The range then grows to the
+    step's edges (a bucket is always whole; within the years 1 to 9999).
+
+    @param query: A query from L{parseReadingsQuery} whose C{step} is set.
+    @param now: Seconds since the epoch.
+    @raise ParameterError: C{since} is later than C{until} (or than now,
+        when C{until} is not given), or the range holds more than
+        L{MAX_BUCKETS} buckets of the step.
+    """
+    if query.step is None:
+        raise ValueError("rollupRange needs a query with a step")
+    until = query.until if query.until is not None else min(max(now, EARLIEST_TIME), LATEST_TIME)
+    if query.since is not None:
+        since = query.since
+    else:
+        since = max(until - DEFAULT_SPANS[query.step], EARLIEST_TIME)
+    if until < since:
+        raise ParameterError(
+            "since", "since must not be later than until (which is now when not given)"
+        )
+    step = query.step
+    if step == "auto":
+        step = "1m" if until - since <= AUTO_FINEST_SPAN else "1h"
+    start, end, buckets = bucketRange(since, until, step)
+    end = min(end, LATEST_TIME)
+    if buckets > MAX_BUCKETS:
+        coarser = [s for s in STEP_SECONDS if STEP_SECONDS[s] > STEP_SECONDS[step]]
+        advice = f"use step={coarser[0]} or a shorter range" if coarser else "use a shorter range"
+        raise ParameterError(
+            "step",
+            f"since to until holds {buckets} buckets of {step}, more than the {MAX_BUCKETS} one request "
+            f"may read: {advice}",
+        )
+    return RollupRange(step, start, end, buckets)
 
 
 def wantsCSV(query: ReadingsQuery, accept: Optional[bytes]) -> bool:
