@@ -303,8 +303,8 @@ class StoreQueries(Service):
         counted once (see L{sensornet.store.base.Store.rollups}).
 
         A bucket is always whole: the first holds its readings before
-        C{since}. Give bounds on the step's edges (L{bucketRange}) to get
-        the same last bucket whether or not its readings were compacted yet.
+        C{since}, the last those from C{until} to its end
+        (L{bucketRange} says which buckets a range covers).
 
         @param step: C{"1m"} or C{"1h"} (L{STEP_SECONDS}).
         @param since: Seconds since the epoch, from L{EARLIEST_TIME} to
