@@ -129,7 +129,7 @@ def _tree(
     root.putChild(b"api", api)
     if queries is not None:
         api.putChild(b"sensors", SensorsResource(queries, connectedSensors, reactor))
-        api.putChild(b"readings", ReadingsResource(queries))
+        api.putChild(b"readings", ReadingsResource(queries, reactor))
     else:
         api.putChild(b"sensors", noStoreResource())
         api.putChild(b"readings", noStoreResource())
