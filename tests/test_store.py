@@ -24,7 +24,7 @@ from sensornet.store import (
     parseStoreURL,
     storeFromURL,
 )
-from sensornet.store.base import loadMigrations, summarize
+from sensornet.store.base import loadMigrations
 
 T0 = 1_718_100_000.0
 
@@ -274,17 +274,6 @@ def test_summary_counts_only_new_readings(store) -> None:
          "first_seen": T0 + 20, "last_seen": T0 + 24},
     ]
     assert sum(s["count"] for s in sensors) == count(store)
-
-
-def test_summarize_groups_and_orders() -> None:
-    """
-    summarize() folds a batch into one row per (sensor, kind), sorted.
-    """
-    rows = summarize([reading("b", ts=2.0), reading("a", ts=1.0), reading("b", ts=1.0, value=5.0)])
-    assert [(r.sensor, r.stored, r.value, r.ts) for r in rows] == [("a", 1, 20.0, 1.0), ("b", 2, 20.0, 2.0)]
-
-
-# -- reading ---------------------------------------------------------------
 
 
 def test_readings_filters(store) -> None:

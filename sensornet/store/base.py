@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
@@ -28,9 +28,7 @@ __all__ = [
     "StoreRejected",
     "StoreURL",
     "WriteResult",
-    "SensorSummary",
     "parseStoreURL",
-    "summarize",
     "Migration",
     "loadMigrations",
 ]
@@ -322,81 +320,6 @@ class Store:
         The schema version the open database is at.
         """
         raise NotImplementedError()
-
-
-def readingFilters(
-    sensor: Optional[str],
-    kind: Optional[str],
-    since: Optional[float],
-    until: Optional[float],
-    placeholder: str,
-    timeParameter: str,
-) -> Tuple[List[str], List[Any]]:
-    """
-    The C{WHERE} conditions and parameters of L{Store.readings}'s filters,
-    for a backend whose parameter placeholder is C{placeholder} and whose
-    seconds-since-the-epoch parameter, compared with C{ts}, is written
-    C{timeParameter} (C{"?"}; C{"to_timestamp(%s::float8)"}).
-    """
-    where: List[str] = []
-    params: List[Any] = []
-    if sensor is not None:
-        where.append(f"sensor = {placeholder}")
-        params.append(sensor)
-    if kind is not None:
-        where.append(f"kind = {placeholder}")
-        params.append(kind)
-    if since is not None:
-        where.append(f"ts >= {timeParameter}")
-        params.append(float(since))
-    if until is not None:
-        where.append(f"ts < {timeParameter}")
-        params.append(float(until))
-    return where, params
-
-
-class SensorSummary(NamedTuple):
-    """
-    One batch's contribution to one row of the C{sensors} summary table.
-    """
-
-    sensor: str
-    kind: str
-    unit: str
-    value: float
-    ts: float
-    stored: int
-    firstSeen: float
-    lastSeen: float
-
-
-def summarize(readings: Iterable[Reading]) -> List[SensorSummary]:
-    """
-    Fold newly stored readings into one L{SensorSummary} per (sensor, kind),
-    ordered by (sensor, kind) so that concurrent writers lock summary rows in
-    the same order and cannot deadlock.
-
-    The latest reading is the one with the greatest time; among equal times,
-    the one written last.
-    """
-    acc: Dict[Tuple[str, str], List[Any]] = {}
-    for r in readings:
-        ts = r.ts if r.ts is not None else r.received_at
-        key = (r.sensor, r.kind)
-        row = acc.get(key)
-        if row is None:
-            acc[key] = [r.unit, r.value, ts, 1, r.received_at, r.received_at]
-            continue
-        if ts >= row[2]:
-            row[0] = r.unit
-            row[1] = r.value
-            row[2] = ts
-        row[3] += 1
-        if r.received_at < row[4]:
-            row[4] = r.received_at
-        if r.received_at > row[5]:
-            row[5] = r.received_at
-    return [SensorSummary(key[0], key[1], *row) for key, row in sorted(acc.items())]
 
 
 class Migration(NamedTuple):

@@ -40,7 +40,6 @@ __all__ = [
     "decodeFreshMany",
     "encodeBlock",
     "decodeBlock",
-    "concatenate",
     "rollups",
     "mergeRollup",
     "CodecError",
@@ -166,7 +165,7 @@ def decodeFresh(data: bytes) -> Columns:
 def decodeFreshMany(rows: Sequence[bytes]) -> Columns:
     """
     The readings of several fresh rows, one after the other: the same as
-    L{concatenate} of L{decodeFresh} of each, with one array conversion per
+    the columns of L{decodeFresh} of each, one row after the other, with one array conversion per
     column instead of one per row and column (the compactor's rows hold a
     handful of readings each).
 
@@ -282,16 +281,6 @@ def decodeBlock(data: bytes) -> Columns:
     received = [t + d for t, d in zip(ts, lag)]
     origins = _unpack("i", take(4))
     return Columns(ids, ts, seqs, values, received, origins)
-
-
-def concatenate(parts: Iterable[Columns]) -> Columns:
-    """
-    One L{Columns} holding C{parts} one after the other.
-    """
-    out = Columns.empty()
-    for part in parts:
-        out.extend(part)
-    return out
 
 
 class Rollup(NamedTuple):
