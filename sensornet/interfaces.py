@@ -217,14 +217,16 @@ class IRollupQueries(IStoreQueries):
     L{IStoreQueries} alone still serves every other request.
     """
 
-    def rollups(sensor, kind, since, until, step):  # type: ignore[no-untyped-def]
+    def rollups(sensor, kind, since, until, step, encode=None):  # type: ignore[no-untyped-def]
         """
         One sensor's readings folded into buckets of C{step} (C{"1m"} or
         C{"1h"}) overlapping [C{since}, C{until}) (seconds since the epoch),
         of one kind or every kind (C{kind} L{None}): dicts with keys
         C{sensor}, C{kind}, C{ts}, C{count}, C{min}, C{max}, C{mean},
         C{last} ordered by (C{ts}, C{kind}) (see
-        L{sensornet.store.queries.StoreQueries.rollups}). Fails with
+        L{sensornet.store.queries.StoreQueries.rollups}); with C{encode},
+        what C{encode(buckets)} returns, called off the reactor thread.
+        Fails with
         L{ValueError} for a bad argument (an unknown step, a range of more
         than L{sensornet.store.queries.MAX_BUCKETS} buckets) and with
         L{sensornet.store.StoreUnavailable} when the store cannot be read.

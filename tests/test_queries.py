@@ -129,3 +129,23 @@ def test_cursor_round_trip() -> None:
     for bad in ["", "AAAA", encodeCursor((float("nan"), 1)), encodeCursor((1.0, -1))]:
         with pytest.raises(ValueError):
             decodeCursor(bad)
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.inlineCallbacks
+def test_rollups_encoder_runs_off_the_reactor_thread(queries, reactor):
+    """
+    The encoder a caller hands to rollups() (the API's response body) runs
+    on the query thread, and its result is what the Deferred fires with.
+    """
+    import threading
+
+    seen = []
+
+    def encode(rows):
+        seen.append(threading.current_thread())
+        return ("encoded", sum(row["count"] for row in rows))
+
+    result = yield queries.rollups("s0", None, T0 - 3600, T0 + 3600, "1m", encode=encode)
+    assert result[0] == "encoded" and result[1] > 0
+    assert seen and seen[0] is not threading.main_thread()
