@@ -27,7 +27,7 @@ from sensornet.web import makeSite
 from sensornet.web.params import ParameterError
 from sensornet.web.stream import StreamFilter, parseStreamFilter
 from sensornet.web.testing import WebHarness
-from test_web_api import T0, openStream, within
+from test_web_api import T0, getJSON, openStream, within
 
 
 class _Site:
@@ -310,6 +310,41 @@ async def test_filtered_streams_over_loopback(tmp_path: Path, reactor: Any):
     finally:
         await within(harness.stop(), reactor)
     assert len(harness.feed) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_live_reading_has_the_times_the_api_answers_for_it(tmp_path: Path, reactor: Any):
+    """
+    A reading stamped finer than the store keeps (a microsecond) reaches
+    the stream with the stored times, so a client that meets it both live
+    and in C{/api/readings} (the dashboard does, for a new sensor) sees the
+    same instant twice and keeps one point, not two.
+    """
+    harness = WebHarness(tmp_path, reactor)
+    await within(harness.start(), reactor)
+    try:
+        _, stream = await openStream(reactor, harness.url + "/api/stream")
+        await within(stream.whenContains(b"retry:"), reactor)
+        # 0.1234567 s rounds up to .123457 and 0.9999996 s up into the next
+        # second: float noise either way would make the live time differ.
+        fine = [
+            Reading("cellar", "humidity", 81.5, "%", ts=T0 + 0.1234567, seq=1, dialect="native",
+                    peer="127.0.0.1:4002", received_at=T0 + 0.9999996),
+            Reading("cellar", "humidity", 81.25, "%", ts=None, seq=None, dialect="seed",
+                    peer="127.0.0.1:4002", received_at=T0 + 2.0000004),
+        ]
+        await within(harness.store(fine), reactor)
+        await within(stream.whenContains(b"cellar"), reactor)
+        [live] = [json.loads(e["data"]) for e in stream.events()]
+        _, body = await getJSON(reactor, harness.url + f"/api/readings?sensor=cellar&since={T0 - 1}")
+        stored = body["readings"]
+        assert [(r["ts"], r["received_at"], r["time"]) for r in live] == \
+            [(r["ts"], r["received_at"], r["time"]) for r in stored]
+        assert live[0]["ts"] == T0 + 0.123457 and live[1]["ts"] == live[1]["received_at"] == T0 + 2.0
+        stream.transport.stopProducing()
+        await within(stream.done, reactor)
+    finally:
+        await within(harness.stop(), reactor)
 
 
 def test_many_clients_get_batches_coalesced_in_order():

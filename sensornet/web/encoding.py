@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 from ..reading import Reading
+from ..store.layout import fromMicroseconds, toMicroseconds
 
 __all__ = [
     "CSV_COLUMNS",
@@ -79,13 +80,21 @@ def readingFromRow(row: Mapping[str, Any]) -> Dict[str, Any]:
     }
 
 
+def _asStored(seconds: Optional[float]) -> Optional[float]:
+    return None if seconds is None else fromMicroseconds(toMicroseconds(seconds))
+
+
 def readingFromObject(reading: Reading) -> Dict[str, Any]:
     """
-    A committed L{Reading} (from the live feed) in the API's shape.
+    A committed L{Reading} (from the live feed) in the API's shape, with its
+    times as the store keeps them (to the microsecond): a client that has a
+    reading from the stream and the same reading from C{/api/readings} sees
+    one reading, not two a fraction of a microsecond apart.
     """
-    return readingFromRow(
-        {name: getattr(reading, name) for name in Reading.__slots__}
-    )
+    row = {name: getattr(reading, name) for name in Reading.__slots__}
+    row["ts"] = _asStored(reading.ts)
+    row["received_at"] = _asStored(reading.received_at)
+    return readingFromRow(row)
 
 
 def sensorFromRow(row: Mapping[str, Any], connected: bool) -> Dict[str, Any]:
