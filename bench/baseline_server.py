@@ -8,7 +8,9 @@ logging).
 - C{chunk}: splits each chunk into lines and answers them all in one write
   (the ceiling for Twisted's I/O on this machine);
 - C{line}: a C{LineOnlyReceiver} answering each line with C{sendLine} (the
-  textbook Twisted line server).
+  leanest textbook Twisted line server);
+- C{linereceiver}: a C{LineReceiver} answering each line with C{sendLine}
+  (the bare ack server the issues' targets name).
 """
 
 import sys
@@ -16,7 +18,7 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.basic import LineOnlyReceiver
+from twisted.protocols.basic import LineOnlyReceiver, LineReceiver
 
 
 class ChunkAcker(Protocol):
@@ -36,7 +38,14 @@ class LineAcker(LineOnlyReceiver):
         self.sendLine(b"ack")
 
 
+class LineReceiverAcker(LineReceiver):
+    delimiter = b"\n"
+
+    def lineReceived(self, line):
+        self.sendLine(b"ack")
+
+
 if __name__ == "__main__":
-    protocol = LineAcker if sys.argv[2:] == ["line"] else ChunkAcker
+    protocol = {"line": LineAcker, "linereceiver": LineReceiverAcker}.get(sys.argv[2], ChunkAcker)
     serverFromString(reactor, f"tcp:{sys.argv[1]}:interface=127.0.0.1").listen(Factory.forProtocol(protocol))
     reactor.run()
