@@ -64,12 +64,28 @@ class ServerMetrics:
         )
         self.connectionsClosed = Counter(
             "sensornet_connections_closed",
-            "Sensor connections closed by a guardrail, by reason (handshake_timeout, idle, junk).",
+            "Sensor connections closed by a guardrail, by reason (handshake_timeout, idle, junk, revoked).",
             ["reason"], registry=r,
         )
         self.rejectedLinesUnlogged = Counter(
             "sensornet_rejected_lines_unlogged",
             "Refused lines not logged one by one (past the per-chunk cap or the per-second limit).",
+            registry=r,
+        )
+        self.authSuccesses = Counter(
+            "sensornet_auth_successes",
+            "Sensor connections authenticated, by method (token, certificate).", ["method"], registry=r,
+        )
+        self.authFailures = Counter(
+            "sensornet_auth_failures",
+            "Sensor connections refused for want of a valid credential, by reason (invalid: a token or "
+            "certificate name unknown, revoked or malformed; required: no auth line where one is needed; "
+            "rate_limited: the address failed too often, closed on connecting).",
+            ["reason"], registry=r,
+        )
+        self.readingsUnauthorized = Counter(
+            "sensornet_readings_unauthorized",
+            "Readings refused because their connection may not write as their sensor (not stored).",
             registry=r,
         )
         self.ackLatency = Histogram(
