@@ -67,6 +67,20 @@ class ServerMetrics:
             "Sensor connections closed by a guardrail, by reason (handshake_timeout, idle, junk, revoked).",
             ["reason"], registry=r,
         )
+        self.connectionsRefused = Counter(
+            "sensornet_connections_refused",
+            "Connections refused at accept for a connection cap, by port (sensor, http) and reason "
+            "(total, per_address).",
+            ["port", "reason"], registry=r,
+        )
+        self.connectionLimit = Gauge(
+            "sensornet_connection_limit",
+            "Connection caps in force, by port (sensor, http) and scope (total, per_address); -1: no cap.",
+            ["port", "scope"], registry=r,
+        )
+        self.httpConnectionsOpen = Gauge(
+            "sensornet_http_connections_open", "HTTP connections open now.", registry=r
+        )
         self.rejectedLinesUnlogged = Counter(
             "sensornet_rejected_lines_unlogged",
             "Refused lines not logged one by one (past the per-chunk cap or the per-second limit).",
@@ -132,6 +146,9 @@ class ServerMetrics:
             self.readingsReceived.labels(dialect)
             self.linesRejected.labels(dialect)
         self.linesRejected.labels("unknown")
+        for port in ("sensor", "http"):
+            for reason in ("total", "per_address"):
+                self.connectionsRefused.labels(port, reason)
         # The store the writer has open, if it has a checkpointed WAL; read
         # at scrape time by _CheckpointCollector.
         self.checkpointedStore: Optional[ICheckpointedStore] = None
