@@ -10,12 +10,13 @@ Listening on an endpoint, and letting go of it, through public API only.
     C{_raiseSynchronously}).
   - L{OpenConnections} wraps a server factory and keeps the connections it
     has open, so a stopping server can close every one of them and abort
-    those that will not go.
+    those that will not go; it is a L{sensornet.caps.CappedFactory}, so it
+    can also cap how many it keeps open.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
@@ -27,8 +28,10 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
+
+from .caps import CappedFactory
 
 __all__ = ["ListeningService", "OpenConnections"]
 
@@ -139,27 +142,23 @@ class ListeningService(Service):
             failedNow[0].raiseException()
 
 
-class OpenConnections(WrappingFactory):
+class OpenConnections(CappedFactory):
     """
     A server factory that builds its connections with C{wrappedFactory} and
-    keeps those open, so that L{closeAll} can close them.
+    keeps those open, so that L{closeAll} can close them. Without C{limits}
+    (see L{CappedFactory}) it caps nothing.
 
     The connections' protocols see a L{ProtocolWrapper} as their transport;
     it passes every transport call on.
     """
 
-    # The wrapped factory already says when it starts and stops.
-    noisy = False
-
-    def __init__(self, wrappedFactory: IProtocolFactory) -> None:
-        super().__init__(wrappedFactory)
+    def __init__(self, wrappedFactory: IProtocolFactory, **keywords: Any) -> None:
+        """
+        @param keywords: For L{CappedFactory}: C{limits}, C{clock},
+            C{metrics}, C{port}, C{refusal}, C{openGauge}.
+        """
+        super().__init__(wrappedFactory, **keywords)
         self._whenNoneOpen: List[Deferred[None]] = []
-
-    def __len__(self) -> int:
-        """
-        How many connections are open now.
-        """
-        return len(self.protocols)
 
     def unregisterProtocol(self, protocol: ProtocolWrapper) -> None:
         """

@@ -17,7 +17,7 @@ leaves no connection open and no timer pending.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generator, List, Optional
+from typing import TYPE_CHECKING, Any, Generator, List, Optional, Tuple, Union
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -25,6 +25,19 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 
+from .caps import (
+    AUTO,
+    DEFAULT_EXEMPT,
+    DEFAULT_HTTP_PER_ADDRESS,
+    DEFAULT_SENSOR_PER_ADDRESS,
+    HTTP_REFUSAL,
+    SENSOR_REFUSAL,
+    CappedFactory,
+    Network,
+    fileLimit,
+    parseNetworks,
+    serverLimits,
+)
 from .feed import LiveFeed
 from .gctuning import CollectorTuning, logThresholdFromEnvironment
 from .interfaces import IReadingSink, IStoreQueries
@@ -90,6 +103,18 @@ class ServerConfig:
     @ivar maxRejectedLogPerSecond: Refused lines logged one by one per
         second across all sensor connections, the rest counted in a summary
         line a second; L{None}: no limit but the per-chunk one.
+    @ivar maxConnections: Most sensor connections open at once, over all
+        sensor listeners: an integer, C{"auto"} (derived from the open-file
+        limit, keeping a reserve: see L{sensornet.caps}) or L{None} (no
+        cap). A connection over it gets C{error: too many connections}.
+    @ivar maxConnectionsPerAddress: Most sensor connections from one peer
+        address; L{None}: no cap.
+    @ivar maxHTTPConnections: As C{maxConnections}, for the HTTP side (a
+        connection over it gets a 503).
+    @ivar maxHTTPConnectionsPerAddress: As C{maxConnectionsPerAddress}, for
+        the HTTP side.
+    @ivar capExempt: Networks the per-address caps do not apply to (by
+        default this host: C{127.0.0.1} and C{::1}).
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -106,6 +131,11 @@ class ServerConfig:
     maxRejectedLogPerSecond: Optional[int] = DEFAULT_MAX_REJECTED_LOG_PER_SECOND
     retention: Any = None
     compactAfter: float = 60.0
+    maxConnections: Union[int, str, None] = AUTO
+    maxConnectionsPerAddress: Optional[int] = DEFAULT_SENSOR_PER_ADDRESS
+    maxHTTPConnections: Union[int, str, None] = AUTO
+    maxHTTPConnectionsPerAddress: Optional[int] = DEFAULT_HTTP_PER_ADDRESS
+    capExempt: Tuple[Network, ...] = field(default_factory=lambda: parseNetworks(DEFAULT_EXEMPT))
 
 
 class SensorServerService(MultiService):
@@ -175,9 +205,13 @@ class SensorServerService(MultiService):
         )
         if self.writer is not None:
             self.writer.addPressureObserver(self.factory)
+        # One cap for every sensor listener: they share the file descriptors.
+        self.sensorConnections = CappedFactory(
+            self.factory, clock=reactor, metrics=self.metrics, port="sensor", refusal=SENSOR_REFUSAL
+        )
         self.listeners: List[ListeningService] = []
         for description in config.listen:
-            listener = ListeningService(serverFromString(reactor, description), self.factory)
+            listener = ListeningService(serverFromString(reactor, description), self.sensorConnections)
             listener.setServiceParent(self)
             self.listeners.append(listener)
         if config.http is not None:
@@ -204,7 +238,10 @@ class SensorServerService(MultiService):
             queries.setServiceParent(self)
             self.queries = queries
         self.site = makeSite(self.queries, self.feed, self.metrics, self.factory.connectedSensors, self.reactor)
-        self._webConnections = OpenConnections(self.site)
+        self._webConnections = OpenConnections(
+            self.site, clock=self.reactor, metrics=self.metrics, port="http", refusal=HTTP_REFUSAL,
+            openGauge=self.metrics.httpConnectionsOpen,
+        )
         self.web = ListeningService(serverFromString(self.reactor, description), self._webConnections)
         self.web.setServiceParent(self)
 
@@ -234,6 +271,7 @@ class SensorServerService(MultiService):
             L{twisted.internet.error.CannotListenError} for a port in use).
         """
         _raiseFileLimit()
+        self._applyConnectionLimits()
         # Keeps full garbage collections off the connections' long-lived
         # objects: each stalled the reactor 80-250 ms at ~19k connections.
         self._collectorTuning = CollectorTuning(self.reactor, logThresholdFromEnvironment())
@@ -248,6 +286,29 @@ class SensorServerService(MultiService):
             listen=", ".join(self.config.listen),
             store=redactURL(self.config.store),
             http=self.config.http or "off",
+        )
+
+    def _applyConnectionLimits(self) -> None:
+        """
+        Set both ports' connection caps from the options and the open-file
+        limit as it is now (after L{_raiseFileLimit}).
+        """
+        config = self.config
+        sensor, http = serverLimits(
+            config.maxConnections, config.maxConnectionsPerAddress,
+            config.maxHTTPConnections, config.maxHTTPConnectionsPerAddress,
+            config.capExempt, fileLimit(),
+        )
+        self.sensorConnections.limits = sensor
+        self.sensorConnections.exportLimits()
+        if self._webConnections is not None:
+            self._webConnections.limits = http
+            self._webConnections.exportLimits()
+        self._log.info(
+            "Connection caps: sensors {sensor} in all, {sensorPer} per address; HTTP {http} in all, "
+            "{httpPer} per address (open-file limit {files})",
+            sensor=sensor.total, sensorPer=sensor.perAddress, http=http.total if self.web else "-",
+            httpPer=http.perAddress if self.web else "-", files=fileLimit(),
         )
 
     @defer.inlineCallbacks

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, cast
+from typing import Optional, Union, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
+from ..caps import AUTO, DEFAULT_EXEMPT, DEFAULT_HTTP_PER_ADDRESS, DEFAULT_SENSOR_PER_ADDRESS, parseNetworks
 from ..protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_JUNK_BUDGET, DEFAULT_MAX_CLOCK_SKEW
 from ..protocol import DEFAULT_MAX_REJECTED_LOG_PER_SECOND
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
@@ -26,7 +27,9 @@ class Options(usage.Options):
         "[--max-clock-skew SECONDS|none] [--handshake-timeout SECONDS|0] "
         "[--idle-timeout SECONDS|0] [--junk-budget LINES|0] "
         "[--max-rejected-log N|0] [--retention SPEC] [--retention-for SELECTOR=SPEC]... "
-        "[--compact-after SECONDS]"
+        "[--compact-after SECONDS] [--max-connections N|auto|none] [--max-connections-per-address N|none] "
+        "[--max-http-connections N|auto|none] [--max-http-connections-per-address N|none] "
+        "[--cap-exempt CIDR[,CIDR]|none]"
     )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
@@ -63,6 +66,19 @@ class Options(usage.Options):
         ["compact-after", None, 60.0,
          "Seconds a stored reading waits before the compactor merges it into a compressed block and "
          "the rollups.", float],
+        ["max-connections", None, AUTO,
+         "Most sensor connections open at once (all --listen endpoints together); a connection over it "
+         "gets 'error: too many connections' and is closed. 'auto': the open-file limit less a reserve "
+         "(min(256, limit/4)) and the HTTP share; 'none': no cap."],
+        ["max-connections-per-address", None, str(DEFAULT_SENSOR_PER_ADDRESS),
+         "Most sensor connections from one peer address; 'none': no cap."],
+        ["max-http-connections", None, AUTO,
+         "Most HTTP connections open at once; a connection over it gets a 503 and is closed. 'auto': "
+         "min(512, (open-file limit - reserve) / 8); 'none': no cap."],
+        ["max-http-connections-per-address", None, str(DEFAULT_HTTP_PER_ADDRESS),
+         "Most HTTP connections from one peer address; 'none': no cap."],
+        ["cap-exempt", None, DEFAULT_EXEMPT,
+         "Addresses or CIDR blocks the per-address caps do not apply to (comma-separated); 'none'."],
     ]
 
     optFlags = [
@@ -132,6 +148,14 @@ class Options(usage.Options):
             raise usage.UsageError(f"--retention-for: {e}")
         if not 0 <= self["compact-after"] <= 86400:
             raise usage.UsageError("--compact-after must be between 0 and 86400 seconds")
+        for name in ("max-connections", "max-http-connections"):
+            self[name] = _parseCap(name, self[name], allowAuto=True)
+        for name in ("max-connections-per-address", "max-http-connections-per-address"):
+            self[name] = _parseCap(name, self[name], allowAuto=False)
+        try:
+            self["cap-exempt"] = parseNetworks(self["cap-exempt"])
+        except ValueError as e:
+            raise usage.UsageError(f"--cap-exempt: {e}")
 
     def toConfig(self) -> ServerConfig:
         """
@@ -154,6 +178,11 @@ class Options(usage.Options):
             maxRejectedLogPerSecond=self["max-rejected-log"] or None,
             retention=self["retention"],
             compactAfter=self["compact-after"],
+            maxConnections=self["max-connections"],
+            maxConnectionsPerAddress=self["max-connections-per-address"],
+            maxHTTPConnections=self["max-http-connections"],
+            maxHTTPConnectionsPerAddress=self["max-http-connections-per-address"],
+            capExempt=self["cap-exempt"],
         )
 
 
@@ -174,6 +203,26 @@ def _parseSeconds(name: str, text: object, what: str) -> Optional[float]:
     if not 0 <= seconds < math.inf:
         raise usage.UsageError(f"--{name} must be {what}, not {text!r}")
     return seconds
+
+
+def _parseCap(name: str, text: object, allowAuto: bool) -> Union[int, str, None]:
+    """
+    The value of a connection cap option: an integer C{>= 1}, L{None} for
+    C{none}, or (if C{allowAuto}) L{AUTO} for C{auto}.
+    """
+    word = str(text).strip().lower()
+    if word == "none":
+        return None
+    if allowAuto and word == AUTO:
+        return AUTO
+    try:
+        value = int(word)
+    except ValueError:
+        value = 0
+    if value < 1:
+        choices = "an integer >= 1, 'auto' or 'none'" if allowAuto else "an integer >= 1 or 'none'"
+        raise usage.UsageError(f"--{name} must be {choices}, not {text!r}")
+    return value
 
 
 def _parseSkew(text: object) -> Optional[float]:
