@@ -389,3 +389,72 @@ def test_rollups_are_whole_buckets_before_and_after_compaction(store_url) -> Non
         assert [(b["ts"], b["count"], b["mean"], b["last"]) for b in after] == [(bucket, 2, 2.0, 3.0)]
     finally:
         store.close()
+
+
+def cadenceReadings() -> List[Reading]:
+    """
+    Three series received every 2, 4 and 10 seconds (their median: 4 s),
+    and one with a single reading (no cadence yet).
+    """
+    out = []
+    for sensor, every in (("fast", 2.0), ("middle", 4.0), ("slow", 10.0)):
+        for k in range(6):
+            at = NOW - 100 + k * every
+            out.append(Reading(sensor, "temperature", 20.0, "C", ts=at, seq=k, dialect="native",
+                               peer="127.0.0.1:4000", received_at=at))
+    out.append(Reading("once", "humidity", 50.0, "%", ts=NOW, seq=0, dialect="native",
+                       peer="127.0.0.1:4000", received_at=NOW))
+    return out
+
+
+def test_median_interval_is_the_fleets_typical_cadence(store_url):
+    """
+    The median over series of each one's mean interval between readings,
+    alike on both backends; L{None} before any series has two readings.
+    """
+    store = openStore(store_url)
+    try:
+        assert store.medianInterval() is None
+        store.write(cadenceReadings()[-1:])
+        assert store.medianInterval() is None
+        store.write(cadenceReadings()[:-1])
+        assert store.medianInterval() == pytest.approx(4.0)
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(60)
+@pytest_twisted.inlineCallbacks
+def test_maintenance_logs_the_expected_disk_once_at_start(reactor, tmp_path):
+    """
+    The first maintenance round logs the disk the retention policy costs
+    for the stored fleet at its median cadence and for the reference fleet
+    (20,000 series every 2 s); later rounds do not log it again.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    url = f"sqlite:{tmp_path / 'e.db'}"
+    store = openStore(url)
+    store.write(cadenceReadings())
+    store.close()
+    seen: List[str] = []
+
+    def observe(event: Dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("sensornet.store.maintenance"):
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    service = StoreMaintenance(url, reactor, retention=RetentionPolicy(parseRetention("raw:7d,1m:30d,1h:1y")))
+    service.interval = 0.05
+    service.startService()
+    try:
+        yield waitFor(reactor, lambda: service.rounds >= 3, timeout=20, what="three rounds")
+    finally:
+        yield service.stopService()
+        globalLogPublisher.removeObserver(observe)
+    estimates = [line for line in seen if "expected disk" in line]
+    assert len(estimates) == 2, seen
+    assert estimates[0].startswith("retention raw:1w,1m:30d,1h:1y: expected disk at 4 series every 4 s: raw ")
+    assert estimates[0].endswith("(the stored fleet at its median cadence)")
+    assert "expected disk at 20,000 series every 2 s: raw " in estimates[1]
+    assert estimates[1].endswith("(reference fleet)")

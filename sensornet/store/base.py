@@ -308,6 +308,15 @@ class Store:
         """
         raise NotImplementedError()
 
+    def medianInterval(self) -> Optional[float]:
+        """
+        The median, over the series with two readings or more, of each
+        series' mean seconds between readings (first to last seen over
+        count - 1), or L{None} when no series has two. It reads every series
+        row: for a once-at-start figure (the disk estimate), not for a gauge.
+        """
+        raise NotImplementedError()
+
     def ping(self) -> bool:
         """
         Whether the database answers a trivial query now (connecting first if

@@ -12,6 +12,12 @@ in transactions of C{compactRows} fresh rows), then expires the data of the
 next C{expireSeries} series, walking the series in id order and starting
 over at the end: expiry is a small, steady trickle, never one large delete.
 
+The first round also logs what the retention policy will cost: the disk
+expected for the stored fleet at its median cadence (when it has one), and
+for a reference fleet of L{REFERENCE_SERIES} series every
+L{REFERENCE_INTERVAL} seconds, so an operator sees at start whether the
+disk will hold (L{sensornet.store.retention.estimateDisk}).
+
 A failed round is counted (C{sensornet_store_maintenance_failures}),
 logged (the first at once, then once a minute while it keeps failing), its
 connection dropped, and the next round tries again: maintenance never stops
@@ -34,7 +40,12 @@ from ..metrics import ServerMetrics
 from .base import Store
 from .threads import WorkerThreads
 
-__all__ = ["StoreMaintenance"]
+__all__ = ["StoreMaintenance", "REFERENCE_SERIES", "REFERENCE_INTERVAL"]
+
+#: The fleet the start-up disk estimate is also given for: the fleet this
+#: service is built for, at the seed's temperature cadence.
+REFERENCE_SERIES = 20_000
+REFERENCE_INTERVAL = 2.0
 
 
 class StoreMaintenance(Service):
@@ -96,6 +107,10 @@ class StoreMaintenance(Service):
         self._failingSince: Optional[float] = None
         self._lastLogged = 0.0
         self._unlogged = 0
+        # (series stored, their median interval): taken by the first round,
+        # logged once.
+        self._estimate: Optional[Tuple[int, Optional[float]]] = None
+        self._estimateLogged = False
 
     def startService(self) -> None:
         super().startService()
@@ -153,6 +168,8 @@ class StoreMaintenance(Service):
             store.open()
             self._store = store
         try:
+            if self._estimate is None:
+                self._estimate = (store.fleetStats().get("series", 0), store.medianInterval())
             self._marks.append((now, store.freshWatermark()))
             upTo = 0
             while self._marks and self._marks[0][0] <= now - self.compactAfter:
@@ -172,8 +189,27 @@ class StoreMaintenance(Service):
             self._drop()
             raise
 
+    def _logEstimate(self) -> None:
+        from .retention import DEFAULT_RETENTION, RetentionPolicy, describeEstimate, estimateDisk
+
+        assert self._estimate is not None
+        self._estimateLogged = True
+        policy = self.retention if self.retention is not None else RetentionPolicy(DEFAULT_RETENTION)
+        series, interval = self._estimate
+        lines = []
+        if series and interval:
+            lines.append(describeEstimate(estimateDisk(policy, series, interval), series, interval)
+                         + " (the stored fleet at its median cadence)")
+        lines.append(describeEstimate(
+            estimateDisk(policy, REFERENCE_SERIES, REFERENCE_INTERVAL), REFERENCE_SERIES, REFERENCE_INTERVAL,
+        ) + " (reference fleet)")
+        for line in lines:
+            self._log.info("retention {retention}: {estimate}", retention=policy.default.describe(), estimate=line)
+
     def _succeeded(self, result: Tuple[int, int, dict]) -> None:
         compacted, expired, stats = result
+        if not self._estimateLogged and self._estimate is not None:
+            self._logEstimate()
         self.rounds += 1
         self.compacted += compacted
         self.expired += expired

@@ -858,3 +858,13 @@ class PostgreSQLStore(Store):
             raise classify(e) from e
         assert row is not None
         return {"series": int(row[0]), "fresh_readings": int(row[1])}
+
+    def medianInterval(self) -> Optional[float]:
+        try:
+            row = self._connection().execute(
+                "SELECT percentile_disc(0.5) WITHIN GROUP "
+                "(ORDER BY (last_seen - first_seen)::float8 / (count - 1)) FROM series WHERE count > 1"
+            ).fetchone()
+        except psycopg.Error as e:
+            raise classify(e) from e
+        return None if row is None or row[0] is None else float(row[0]) / 1_000_000

@@ -970,6 +970,16 @@ class SQLiteStore(Store):
             raise classify(e) from e
         return {"series": int(seriesCount), "fresh_readings": int(fresh)}
 
+    def medianInterval(self) -> Optional[float]:
+        try:
+            row = self._connection().execute(
+                "SELECT iv FROM (SELECT (last_seen - first_seen) / (count - 1.0) AS iv FROM series "
+                "WHERE count > 1) ORDER BY iv LIMIT 1 OFFSET ((SELECT count(*) FROM series WHERE count > 1) - 1) / 2"
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise classify(e) from e
+        return None if row is None else row[0] / 1_000_000
+
 
 #: One lock per database file in this process, shared by every store object
 #: on that file (the writer's, the compactor's): SQLite's own lock makes a
