@@ -17,14 +17,24 @@ one stamped in 2262 would otherwise be every later query's "latest" value.
 
 L{SensorServerFactory} keeps what connections share: the sink, the clock,
 the chunk observer, the open connections, which sensors are connected, the
-clock-skew limit, and the store writer's pressure.
+clock-skew limit, the store writer's pressure, and who may write (an
+optional L{sensornet.identity.auth.SensorAccess}).
+
+Authentication is a lifecycle of each connection (L{ConnectionAuth}): a
+connection from a network allowed anonymous writes may send C{auth TOKEN} as
+its first line or write anonymously; any other must send C{auth TOKEN} first
+(or have presented a client certificate naming a live sensor), and is
+answered C{ok auth NAME} or C{error auth: refused} and closed. Authorization
+costs nothing per line: a connection's C{sensors} holds the names it has
+written as, and a name is checked against its principal only the first time
+it appears on the connection.
 """
 
 from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
-from typing import Any, Collection, Dict, FrozenSet, List, Optional, Set, Tuple, cast
+from typing import TYPE_CHECKING, Any, Collection, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, cast
 
 from constantly import NamedConstant, Names, ValueConstant, Values
 from twisted.internet.defer import Deferred, succeed
@@ -41,7 +51,21 @@ from .dialects import MAX_LINE_LENGTH, isWholeSeedMessage, parseLine
 from .interfaces import IChunkObserver, IPressureObserver, IReadingSink
 from .metrics import ServerMetrics
 from .reading import EMPTY_LINE, LineError, Reading
-from .wire import ACK_PREFIX, ERROR_PREFIX, ERROR_SEQ_PREFIX, NOT_STORED, REJECTED, SEED_REPLY
+from .wire import (
+    ACK_PREFIX,
+    AUTH_COMMAND,
+    AUTH_OK_PREFIX,
+    AUTH_REFUSED,
+    ERROR_PREFIX,
+    ERROR_SEQ_PREFIX,
+    NOT_AUTHORIZED,
+    NOT_STORED,
+    REJECTED,
+    SEED_REPLY,
+)
+
+if TYPE_CHECKING:
+    from .identity.auth import PrincipalLike, SensorAccess
 
 __all__ = [
     "SEED_REPLY",
@@ -51,6 +75,7 @@ __all__ = [
     "DEFAULT_JUNK_BUDGET",
     "DEFAULT_MAX_REJECTED_LOG_PER_SECOND",
     "CloseReason",
+    "ConnectionAuth",
     "PauseReason",
     "ImmediateSink",
     "SensorProtocol",
@@ -94,11 +119,40 @@ class CloseReason(Values):
         C{handshakeTimeout} of connecting (slowloris).
     @cvar idle: Nothing received for the factory's C{idleTimeout}.
     @cvar junk: The factory's C{junkBudget} lines in a row refused.
+    @cvar revoked: The credential the connection authenticated with was
+        revoked or rotated.
     """
 
     handshakeTimeout = ValueConstant("handshake_timeout")
     idle = ValueConstant("idle")
     junk = ValueConstant("junk")
+    revoked = ValueConstant("revoked")
+
+
+class ConnectionAuth(Names):
+    """
+    Where a connection stands with authentication (see C{docs/protocol.md},
+    "Authentication").
+
+    @cvar required: Its first non-blank line must be C{auth TOKEN}.
+    @cvar optional: Its peer may write anonymously: its first non-blank line
+        may be C{auth TOKEN}, and anything else makes it L{anonymous}.
+    @cvar anonymous: Writes as any sensor (a peer of C{--anonymous-from}, or
+        a factory without an access policy).
+    @cvar authenticated: Writes as what its C{principal} may write.
+    """
+
+    required = NamedConstant()
+    optional = NamedConstant()
+    anonymous = NamedConstant()
+    authenticated = NamedConstant()
+
+
+_BEFORE_FIRST_LINE = frozenset([ConnectionAuth.required, ConnectionAuth.optional])
+_AUTH_WORD = AUTH_COMMAND.encode("ascii")
+_AUTH_LINE_START = _AUTH_WORD + b" "
+# What the log shows of an auth line in the wrong place: never the token.
+_AUTH_REDACTED = _AUTH_WORD + b" <token not logged>"
 
 
 #: Seconds a new connection has to send its first complete line (see
@@ -290,15 +344,32 @@ class SensorProtocol(LineOnlyReceiver):
         self.heard = False
         # Lines refused since the last reading accepted (the junk budget).
         self._junk = 0
+        # Authentication: where the connection stands, who it is, and the
+        # peer's host for the failure limiter (None for a unix socket).
+        self.auth = ConnectionAuth.anonymous
+        self.principal: Optional["PrincipalLike"] = None
+        self._host: Optional[str] = None
 
     # -- connection events --------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.peer = formatPeer(self.transport.getPeer())
+        address = self.transport.getPeer()
+        self.peer = formatPeer(address)
         # Register as the transport's producer so a client that does not read
         # its replies (a full send buffer) stops us reading from it.
         self.transport.registerProducer(self, True)
         self.factory.connectionOpened(self)
+        access = self.factory.access
+        if access is not None:
+            from .identity.auth import peerHost
+
+            host = self._host = peerHost(address)
+            if not access.admit(host):
+                # An address that failed too often: closed before anything
+                # it sends is read, let alone hashed.
+                self._refuse()
+                return
+            self.auth = ConnectionAuth.optional if access.anonymousAllowed(host) else ConnectionAuth.required
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closed = True
@@ -421,7 +492,14 @@ class SensorProtocol(LineOnlyReceiver):
         Handle the complete lines of one chunk: parse each, refuse readings
         stamped too far ahead of C{now}, submit the readings in one call,
         queue the replies in line order, and tell the chunk observer once.
+        Before the connection's first non-blank line, that line decides
+        how it authenticates (L{_firstLine}).
         """
+        if self.auth in _BEFORE_FIRST_LINE:
+            remaining = self._firstLine(lines)
+            if not remaining:
+                return
+            lines = remaining
         factory = self.factory
         now = factory.clock.seconds()
         # One comparison per reading: a reading without a ts counts as
@@ -438,6 +516,7 @@ class SensorProtocol(LineOnlyReceiver):
         rejected: List[Tuple[int, LineError]] = []
         errorReplies: List[Tuple[int, bytes]] = []
         blanks = 0
+        unauthorized = 0
         sensors = self.sensors
         peer = self.peer
         # A local name: this loop runs once per line, at hundreds of
@@ -447,20 +526,31 @@ class SensorProtocol(LineOnlyReceiver):
             result = parseLine(line)
             if type(result) is Reading:
                 if (result.ts or now) <= horizon:
-                    result.peer = peer
-                    result.received_at = now
-                    if result.sensor not in sensors:
-                        sensors.add(result.sensor)
-                        factory.sensorConnected(result.sensor)
-                    addReading(result)
-                    continue
-                result = _aheadOfClock(result, cast(float, maxSkew))
+                    # The names this connection wrote as are in sensors:
+                    # only a new name is checked against its principal.
+                    if result.sensor in sensors or self._admit(result.sensor):
+                        result.peer = peer
+                        result.received_at = now
+                        addReading(result)
+                        continue
+                    unauthorized += 1
+                    result = LineError(f"{NOT_AUTHORIZED} as {result.sensor}", result.seq, result.dialect)
+                else:
+                    result = _aheadOfClock(result, cast(float, maxSkew))
             elif result is EMPTY_LINE:
                 blanks += 1
                 continue
             error = cast(LineError, result)
-            rejected.append((len(readings) + len(rejected) + blanks, error))
+            index = len(readings) + len(rejected) + blanks
+            if line[:5] == _AUTH_LINE_START or line.rstrip(b"\r") == _AUTH_WORD:
+                # An auth line after the first: refused, and its token kept
+                # out of the log.
+                lines[index] = _AUTH_REDACTED
+                error = LineError("auth is accepted only as the first line")
+            rejected.append((index, error))
             errorReplies.append((len(readings), _errorLine(error)))
+        if unauthorized:
+            factory.metrics.readingsUnauthorized.inc(unauthorized)
         slots = chunk.slots
         start = 0
         for before, reply in errorReplies:
@@ -490,6 +580,114 @@ class SensorProtocol(LineOnlyReceiver):
             self._spendJunk(readings, errorReplies)
         elif self._junk:
             self._junk = 0
+
+    def _firstLine(self, lines: List[bytes]) -> Optional[List[bytes]]:
+        """
+        Handle a connection's first non-blank line, among C{lines}: an
+        C{auth TOKEN} line authenticates it (answered C{ok auth NAME}) or
+        closes it (C{error auth: refused}); any other line makes a
+        connection that may write anonymously L{ConnectionAuth.anonymous},
+        and closes one that may not.
+
+        @return: The lines still to handle as readings (none after a
+            refusal, or when every line was blank).
+        """
+        index = 0
+        count = len(lines)
+        while index < count and not lines[index].strip():
+            index += 1
+        if index == count:
+            return None
+        line = lines[index].rstrip(b"\r")
+        access = cast("SensorAccess", self.factory.access)
+        certificate = self._peerCertificate()
+        if certificate is not None:
+            # A TLS listener with a client CA verified it in the handshake
+            # (data comes only after the handshake); its name must still be
+            # a live principal. Asked here, at the first line, rather than
+            # in a handshake callback, which a wrapping factory would hide.
+            from .identity.tls import certificateNames
+
+            principal = access.certificatePrincipal(certificateNames(certificate), self._host)
+            if principal is None:
+                self._refuse()
+                return None
+            self.auth = ConnectionAuth.authenticated
+            self.principal = principal
+            self.factory.principalConnected(self)
+            return lines
+        if line[:5] == _AUTH_LINE_START or line == _AUTH_WORD:
+            # Whatever follows the word is the token, malformed or not: it
+            # takes the same hash and lookup as a good one.
+            token = line[5:].strip().decode("utf-8", "replace")
+            principal = access.authenticate(token, self._host)
+            if principal is None:
+                self._refuse()
+                return None
+            self.greeted = True
+            self._authenticated(principal)
+            return lines[index + 1:]
+        if self.auth is ConnectionAuth.required:
+            from .identity.auth import AuthFailure
+
+            access.refused(AuthFailure.required, self._host)
+            self._refuse()
+            return None
+        self.auth = ConnectionAuth.anonymous
+        return lines
+
+    def _peerCertificate(self) -> Any:
+        """
+        The certificate the peer presented in a TLS handshake, or L{None}
+        (no TLS, or no certificate asked for or given).
+        """
+        getCertificate = getattr(self.transport, "getPeerCertificate", None)
+        if getCertificate is None:
+            return None
+        try:
+            return getCertificate()
+        except Exception:
+            return None
+
+    def _authenticated(self, principal: "PrincipalLike") -> None:
+        """
+        The connection is C{principal}'s from now on: say so (C{ok auth
+        NAME}, in line order), and let the factory close it if the
+        credential is revoked.
+        """
+        self.auth = ConnectionAuth.authenticated
+        self.principal = principal
+        name = principal.name.replace("\n", " ")
+        chunk = _Chunk(self.factory.clock.seconds())
+        chunk.replies = f"{AUTH_OK_PREFIX}{name}\n".encode("utf-8", "replace")
+        chunk.done = True
+        self._queue.append(chunk)
+        self._flush()
+        self.factory.principalConnected(self)
+
+    def _admit(self, sensor: str) -> bool:
+        """
+        Whether this connection may write as C{sensor}, which it has not
+        written as before; if so, remember it (in C{sensors}, and with the
+        factory).
+        """
+        principal = self.principal
+        if principal is not None and not principal.mayWrite(sensor):
+            return False
+        self.sensors.add(sensor)
+        self.factory.sensorConnected(sensor)
+        return True
+
+    def _refuse(self) -> None:
+        """
+        Refuse the connection's credential (or its lack of one): one line,
+        C{error auth: refused}, then close; aborted by the factory's sweep
+        if the peer does not take it.
+        """
+        if self._closing or self._closed:
+            return
+        self.closingSince = self.factory.clock.seconds()
+        self._closeWith(AUTH_REFUSED)
 
     def _spendJunk(self, readings: List[Reading], errorReplies: List[Tuple[int, bytes]]) -> None:
         """
@@ -627,8 +825,11 @@ class SensorProtocol(LineOnlyReceiver):
         self._closeSaying(f"{message}; closing the connection")
 
     def _closeSaying(self, message: str) -> None:
+        self._closeWith(_errorReply(None, message))
+
+    def _closeWith(self, reply: bytes) -> None:
         self._closing = True
-        self._closeMessage = _errorReply(None, message)
+        self._closeMessage = reply
         self._cancelIdle()
         self.transport.pauseProducing()
         if not self._queue:
@@ -693,6 +894,11 @@ class SensorServerFactory(Factory):
         an error reply and a log line per line and helps nobody. Counted per
         chunk of data: every line of the chunk that reaches the budget is
         answered first. L{None}: no budget.
+    @ivar access: Who may write (a L{sensornet.identity.auth.SensorAccess}):
+        which peers may write anonymously, which credentials authenticate,
+        how often an address may fail. L{None}: every connection writes
+        anonymously, as any sensor (for tests and embedders; the server
+        always gives one, secure by default).
     @cvar abortAfter: Seconds a connection closed by a guardrail may take to
         go (its peer reading the last replies) before it is aborted.
     @cvar maxSweepInterval: The longest interval, in seconds, between two
@@ -718,6 +924,7 @@ class SensorServerFactory(Factory):
         idleTimeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
         junkBudget: Optional[int] = DEFAULT_JUNK_BUDGET,
         maxRejectedLogPerSecond: Optional[int] = DEFAULT_MAX_REJECTED_LOG_PER_SECOND,
+        access: Optional["SensorAccess"] = None,
     ) -> None:
         """
         @param logReadings: Whether the default C{accounting} logs each
@@ -780,6 +987,12 @@ class SensorServerFactory(Factory):
         self._writerOverloaded = False
         self._closedFor = {reason: self.metrics.connectionsClosed.labels(reason.value) for reason in CloseReason.iterconstants()}
         self._sweeper: Optional[LoopingCall] = None
+        self.access = access
+        # The authenticated connections, by principal name: whom to close
+        # when a credential is revoked.
+        self._byPrincipal: Dict[str, Set[SensorProtocol]] = {}
+        if access is not None:
+            access.subscribeRevoked(self.credentialsRevoked)
 
     @property
     def logReadings(self) -> bool:
@@ -814,6 +1027,13 @@ class SensorServerFactory(Factory):
             self.paused.discard(protocol)
             self.metrics.transportsPaused.set(len(self.paused))
         self.metrics.connectionsOpen.dec()
+        principal = protocol.principal
+        if principal is not None:
+            connections = self._byPrincipal.get(principal.name)
+            if connections is not None:
+                connections.discard(protocol)
+                if not connections:
+                    del self._byPrincipal[principal.name]
         for sensor in protocol.sensors:
             count = self._sensorConnections.get(sensor, 0) - 1
             if count > 0:
@@ -900,6 +1120,25 @@ class SensorServerFactory(Factory):
                 )
             elif protocol.quietSince <= quietBefore:
                 protocol.closeFor(CloseReason.idle, f"nothing received for {_formatSeconds(cast(float, idle))} s")
+
+    def principalConnected(self, protocol: SensorProtocol) -> None:
+        """
+        C{protocol} authenticated (as C{protocol.principal}).
+        """
+        assert protocol.principal is not None
+        self._byPrincipal.setdefault(protocol.principal.name, set()).add(protocol)
+
+    def credentialsRevoked(self, names: Iterable[str]) -> None:
+        """
+        The credentials of C{names} were revoked or rotated: close every
+        connection authenticated as one of them (after the replies it is
+        owed), with C{error: credential revoked or replaced; closing the
+        connection}, counted under L{CloseReason.revoked}. New connections
+        are refused by the credentials themselves.
+        """
+        for name in names:
+            for protocol in list(self._byPrincipal.get(name, ())):
+                protocol.closeFor(CloseReason.revoked, "credential revoked or replaced")
 
     def sensorConnected(self, sensor: str) -> None:
         """

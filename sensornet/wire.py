@@ -10,7 +10,18 @@ then a C{NameError}, not a client that silently stops resending.
 
 from __future__ import annotations
 
-__all__ = ["SEED_REPLY", "ACK_PREFIX", "ERROR_PREFIX", "ERROR_SEQ_PREFIX", "NOT_STORED", "REJECTED"]
+__all__ = [
+    "SEED_REPLY",
+    "ACK_PREFIX",
+    "ERROR_PREFIX",
+    "ERROR_SEQ_PREFIX",
+    "NOT_STORED",
+    "REJECTED",
+    "AUTH_COMMAND",
+    "AUTH_OK_PREFIX",
+    "AUTH_REFUSED",
+    "NOT_AUTHORIZED",
+]
 
 #: The seed server's reply to every message, byte for byte (the seed's
 #: user-visible text: do not translate).
@@ -32,3 +43,18 @@ NOT_STORED = "not stored, try again"
 #: The message of an error reply for a reading the store refuses for good
 #: (the sender should not resend it), before C{": "} and the reason.
 REJECTED = "rejected"
+
+#: The first line a connection authenticates with: C{auth TOKEN}.
+AUTH_COMMAND = "auth"
+
+#: The reply to an accepted C{auth} line: C{ok auth NAME}.
+AUTH_OK_PREFIX = "ok auth "
+
+#: The reply to a refused credential (unknown, revoked, malformed: never
+#: which), or to a first line that is not C{auth} where one is needed; the
+#: connection is closed after it.
+AUTH_REFUSED = "error auth: refused\n".encode("ascii")
+
+#: The message of an error reply for a reading its connection may not
+#: write (permanent), before C{" as SENSOR"}.
+NOT_AUTHORIZED = "not authorized to write"
