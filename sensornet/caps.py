@@ -21,7 +21,7 @@ limit):
   - reserve C{R = min(256, L // 4)} descriptors, never given to a peer: the
     store's files and connections, the log, epoll, the listening sockets
     and the connections being refused at this moment;
-  - HTTP: C{min(512, (L - R) // 8)} in all, 64 per address;
+  - HTTP: C{max(1, min(512, (L - R) // 8))} in all, 64 per address;
   - sensors: the rest, C{L - R - http}, 256 per address.
 
 With the usual hard limit of 20,000 that is 19,232 sensor connections and
@@ -112,14 +112,14 @@ def defaultLimits(limit: Optional[int]) -> Tuple[Optional[int], Optional[int]]:
     total caps) for no limit.
 
     @raise ValueError: C{limit} is too small to leave a connection to each
-        port after the reserve (under 4).
+        port after the reserve (under 3).
     """
     if limit is None:
         return None, None
     reserve = min(_MAX_RESERVE, limit // 4)
     usable = limit - reserve
-    http = min(_MAX_HTTP, usable // 8)
-    if http < 1 or usable - http < 1:
+    http = max(1, min(_MAX_HTTP, usable // 8))
+    if usable - http < 1:
         raise ValueError(f"an open-file limit of {limit} leaves no room for connections")
     return usable - http, http
 
