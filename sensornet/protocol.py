@@ -600,7 +600,14 @@ class SensorProtocol(LineOnlyReceiver):
             return None
         line = lines[index].rstrip(b"\r")
         access = cast("SensorAccess", self.factory.access)
+        isAuth = line[:5] == _AUTH_LINE_START or line == _AUTH_WORD
         certificate = self._peerCertificate()
+        if (isAuth or certificate is not None or self.auth is ConnectionAuth.required) and not access.ready():
+            # A server just started, its credentials not loaded yet: a
+            # credential can be told neither good nor bad. Not a failure:
+            # the peer reconnects (all its sensors do, after a restart).
+            self._closeSaying("credentials not loaded yet, try again; closing the connection")
+            return None
         if certificate is not None:
             # A TLS listener with a client CA verified it in the handshake
             # (data comes only after the handshake); its name must still be
@@ -616,7 +623,7 @@ class SensorProtocol(LineOnlyReceiver):
             self.principal = principal
             self.factory.principalConnected(self)
             return lines
-        if line[:5] == _AUTH_LINE_START or line == _AUTH_WORD:
+        if isAuth:
             # Whatever follows the word is the token, malformed or not: it
             # takes the same hash and lookup as a good one.
             token = line[5:].strip().decode("utf-8", "replace")

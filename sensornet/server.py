@@ -17,12 +17,12 @@ leaves no connection open and no timer pending.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Generator, List, Optional, Tuple, Union, cast
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from .caps import (
@@ -40,6 +40,7 @@ from .caps import (
 )
 from .feed import LiveFeed
 from .gctuning import CollectorTuning, logThresholdFromEnvironment
+from .identity.auth import DEFAULT_ANONYMOUS_FROM, AnonymousNetworks, SensorAccess, anonymousExposure
 from .interfaces import IReadingSink, IStoreQueries
 from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
@@ -57,6 +58,7 @@ from .protocol import (
 from .store import DEFAULT_STORE, redactURL
 
 if TYPE_CHECKING:
+    from .identity.cache import CredentialCache
     from .store import Store
     from .store.maintenance import StoreMaintenance
     from .web import WebSite
@@ -115,6 +117,13 @@ class ServerConfig:
         the HTTP side.
     @ivar capExempt: Networks the per-address caps do not apply to (by
         default this host: C{127.0.0.1} and C{::1}).
+    @ivar anonymousFrom: Networks whose peers may write readings without a
+        credential, as C{--anonymous-from} takes them (C{127.0.0.0/8,::1} by
+        default; C{none}: no anonymous writes). Everyone else must
+        authenticate (see C{docs/protocol.md}, "Authentication").
+    @ivar clientCA: PEM file of the CA(s) whose client certificates the
+        C{ssl:} sensor listeners require, or L{None}: C{ssl:} listeners ask
+        for no client certificate.
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -136,6 +145,8 @@ class ServerConfig:
     maxHTTPConnections: Union[int, str, None] = AUTO
     maxHTTPConnectionsPerAddress: Optional[int] = DEFAULT_HTTP_PER_ADDRESS
     capExempt: Tuple[Network, ...] = field(default_factory=lambda: parseNetworks(DEFAULT_EXEMPT))
+    anonymousFrom: str = DEFAULT_ANONYMOUS_FROM
+    clientCA: Optional[str] = None
 
 
 class SensorServerService(MultiService):
@@ -192,6 +203,18 @@ class SensorServerService(MultiService):
                 config.store, reactor, self.metrics, retention=config.retention, compactAfter=config.compactAfter
             )
             self.maintenance.setServiceParent(self)
+        # The credentials every sensor connection (and the HTTP side) checks
+        # against, kept in memory and reloaded when the store's change;
+        # none without a store: then only anonymous writes are possible.
+        self.credentials: Optional["CredentialCache"] = None
+        if self.writer is not None:
+            from .identity.cache import CredentialCache
+
+            self.credentials = CredentialCache(config.store, reactor)
+            self.credentials.setServiceParent(self)
+        self.access = SensorAccess(
+            self.credentials, AnonymousNetworks.fromString(config.anonymousFrom), reactor, self.metrics
+        )
         self.factory = SensorServerFactory(
             sink,
             reactor,
@@ -202,6 +225,7 @@ class SensorServerService(MultiService):
             idleTimeout=config.idleTimeout,
             junkBudget=config.junkBudget,
             maxRejectedLogPerSecond=config.maxRejectedLogPerSecond,
+            access=self.access,
         )
         if self.writer is not None:
             self.writer.addPressureObserver(self.factory)
@@ -211,11 +235,22 @@ class SensorServerService(MultiService):
         )
         self.listeners: List[ListeningService] = []
         for description in config.listen:
-            listener = ListeningService(serverFromString(reactor, description), self.sensorConnections)
+            listener = ListeningService(self._sensorEndpoint(description), self.sensorConnections)
             listener.setServiceParent(self)
             self.listeners.append(listener)
         if config.http is not None:
             self._addWeb(config.http)
+
+    def _sensorEndpoint(self, description: str) -> IStreamServerEndpoint:
+        """
+        The endpoint of a sensor listener: with C{clientCA}, an C{ssl:} one
+        requires client certificates from that CA.
+        """
+        from .identity.tls import clientCertificateEndpoint, isSSLEndpoint
+
+        if self.config.clientCA is not None and isSSLEndpoint(description):
+            return clientCertificateEndpoint(cast(IReactorSSL, self.reactor), description, self.config.clientCA)
+        return serverFromString(self.reactor, description)
 
     def _newStore(self, url: str) -> "Store":
         """
@@ -287,6 +322,10 @@ class SensorServerService(MultiService):
             store=redactURL(self.config.store),
             http=self.config.http or "off",
         )
+        self._log.info("Anonymous sensor writes accepted from: {networks}", networks=str(self.access.anonymous))
+        exposure = anonymousExposure(self.config.listen, self.access.anonymous)
+        if exposure is not None:
+            self._log.warn("{banner}\n{warning}\n{banner}", banner="!" * 72, warning=exposure)
 
     def _applyConnectionLimits(self) -> None:
         """

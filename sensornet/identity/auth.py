@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict
-from typing import Callable, FrozenSet, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, FrozenSet, Iterable, List, Optional, Protocol, Sequence, Tuple, Union, cast
 
 from constantly import ValueConstant, Values
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -38,6 +38,8 @@ __all__ = [
     "FailureLimiter",
     "ICredentialSource",
     "SensorAccess",
+    "anonymousExposure",
+    "listensBeyondLoopback",
     "parseNetworks",
     "peerHost",
 ]
@@ -82,23 +84,18 @@ class PrincipalLike(Protocol):
 class ICredentialSource(Protocol):
     """
     The credentials the sensor port checks against: the server's
-    L{sensornet.identity.cache.CredentialCache} provides all three, in
-    memory, on the reactor thread.
+    L{sensornet.identity.cache.CredentialCache}, in memory, on the reactor
+    thread. For client certificates it also offers C{principalNamed(name)}:
+    the live principal called C{name}, or L{None}.
     """
 
-    def verify(self, token: str) -> Optional[PrincipalLike]:
+    def verify(self, token: Any) -> Optional[PrincipalLike]:
         """
         The principal C{token} authenticates, or L{None} (unknown, revoked,
         malformed); no I/O, constant time in what matters.
         """
 
-    def principalNamed(self, name: str) -> Optional[PrincipalLike]:
-        """
-        The live (not revoked) principal called C{name}, or L{None}: how a
-        client certificate's name becomes a principal.
-        """
-
-    def subscribeRevoked(self, callback: Callable[[FrozenSet[str]], None]) -> None:
+    def subscribeRevoked(self, callback: Callable[[FrozenSet[str]], Any]) -> Any:
         """
         Call C{callback} with the names whose credentials were revoked or
         rotated, each time some were.
@@ -291,6 +288,18 @@ class SensorAccess:
         self._failures = {reason: metrics.authFailures.labels(reason.value) for reason in AuthFailure.iterconstants()}
         self._successes = {method: metrics.authSuccesses.labels(method) for method in ("token", "certificate")}
 
+    def ready(self) -> bool:
+        """
+        Whether the credentials are loaded (a cache's first snapshot has
+        come): before that, a token cannot be told good or bad, and the
+        protocol asks the peer to try again rather than refusing it.
+        """
+        credentials = self.credentials
+        if credentials is None:
+            return True
+        loaded = getattr(credentials, "ready", None)
+        return loaded is None or bool(getattr(loaded, "called", True))
+
     def subscribeRevoked(self, callback: Callable[[FrozenSet[str]], None]) -> None:
         """
         Have C{callback} told of revoked (or rotated) credentials' names.
@@ -336,7 +345,7 @@ class SensorAccess:
         credentials = self.credentials
         if credentials is not None:
             for name in names:
-                principal = credentials.principalNamed(name)
+                principal = _principalNamed(credentials, name)
                 if principal is not None:
                     self._successes["certificate"].inc()
                     return principal
@@ -350,3 +359,65 @@ class SensorAccess:
         """
         self._failures[reason].inc()
         self.limiter.failed(host)
+
+
+def _principalNamed(credentials: ICredentialSource, name: str) -> Optional[PrincipalLike]:
+    """
+    C{credentials.principalNamed(name)}; for a credential cache without
+    that method, its name and token tables read directly (the cache is
+    this package's own; the method is the way to keep).
+    """
+    lookup = getattr(credentials, "principalNamed", None)
+    if lookup is not None:
+        return cast(Optional[PrincipalLike], lookup(name))
+    digest = getattr(credentials, "_hashByName", {}).get(name)
+    if digest is None:
+        return None
+    for stored, principal in getattr(credentials, "_table", {}).get(digest[:8], ()):
+        if stored == digest:
+            return cast(PrincipalLike, principal)
+    return None
+
+
+def listensBeyondLoopback(description: str) -> bool:
+    """
+    Whether the server endpoint string C{description} accepts connections
+    from other hosts: a C{tcp:}, C{tcp6:} or C{ssl:} endpoint on every
+    interface (the default) or on an address that is not loopback. A
+    C{unix:} socket does not; an endpoint type not known here is assumed
+    to. Pure.
+    """
+    from .tls import endpointArguments
+
+    positional, keywords = endpointArguments(description.strip())
+    kind = positional[0].lower()
+    if kind == "unix":
+        return False
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return True
+    interface = keywords.get("interface", "")
+    if not interface and kind == "tcp" and len(positional) > 2:
+        interface = positional[2]
+    address = _parseAddress(interface) if interface else None
+    return address is None or not address.is_loopback
+
+
+def anonymousExposure(listen: Sequence[str], anonymous: AnonymousNetworks) -> Optional[str]:
+    """
+    The warning a server logs at start when it would accept anonymous
+    writes from beyond this host on a listener reachable from beyond it
+    (Mosquitto 2.0's lesson: anonymous writes are never silently open to
+    the world), or L{None} when it would not.
+    """
+    wide = anonymous.beyondLoopback()
+    exposed = [description for description in listen if listensBeyondLoopback(description)]
+    if not wide or not exposed:
+        return None
+    return (
+        "ANONYMOUS WRITES ARE OPEN BEYOND THIS HOST: any peer in "
+        + ", ".join(str(network) for network in wide)
+        + " may write readings as any sensor, without a credential, on "
+        + ", ".join(exposed)
+        + ". Give sensors credentials (sensornet sensors add NAME) and narrow or drop --anonymous-from "
+        "(--anonymous-from none) unless every host of those networks is trusted."
+    )

@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from ..caps import AUTO, DEFAULT_EXEMPT, DEFAULT_HTTP_PER_ADDRESS, DEFAULT_SENSOR_PER_ADDRESS, parseNetworks
+from ..identity.auth import DEFAULT_ANONYMOUS_FROM
 from ..protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_JUNK_BUDGET, DEFAULT_MAX_CLOCK_SKEW
 from ..protocol import DEFAULT_MAX_REJECTED_LOG_PER_SECOND
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
@@ -29,7 +30,7 @@ class Options(usage.Options):
         "[--max-rejected-log N|0] [--retention SPEC] [--retention-for SELECTOR=SPEC]... "
         "[--compact-after SECONDS] [--max-connections N|auto|none] [--max-connections-per-address N|none] "
         "[--max-http-connections N|auto|none] [--max-http-connections-per-address N|none] "
-        "[--cap-exempt CIDR[,CIDR]|none]"
+        "[--cap-exempt CIDR[,CIDR]|none] [--anonymous-from CIDR[,CIDR]|none] [--client-ca PATH]"
     )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
@@ -79,6 +80,14 @@ class Options(usage.Options):
          "Most HTTP connections from one peer address; 'none': no cap."],
         ["cap-exempt", None, DEFAULT_EXEMPT,
          "Addresses or CIDR blocks the per-address caps do not apply to (comma-separated); 'none'."],
+        ["anonymous-from", None, DEFAULT_ANONYMOUS_FROM,
+         "Networks (comma-separated CIDR blocks or addresses) whose peers may write readings without a "
+         "credential; every other peer must send 'auth TOKEN' first or present a client certificate. "
+         "'none': no anonymous writes at all. A server that would accept anonymous writes from beyond "
+         "this host on a listener reachable from beyond it logs a loud warning at start."],
+        ["client-ca", None, None,
+         "PEM file of the CA(s) signing sensors' client certificates: every ssl: --listen then requires "
+         "a certificate from it, whose CN (or a DNS SAN) names the sensor."],
     ]
 
     optFlags = [
@@ -156,6 +165,21 @@ class Options(usage.Options):
             self["cap-exempt"] = parseNetworks(self["cap-exempt"])
         except ValueError as e:
             raise usage.UsageError(f"--cap-exempt: {e}")
+        from ..identity.auth import parseNetworks as parseAnonymous
+
+        try:
+            parseAnonymous(self["anonymous-from"])
+        except ValueError as e:
+            raise usage.UsageError(f"--anonymous-from: {e}")
+        if self["client-ca"] is not None:
+            from ..identity.tls import isSSLEndpoint, loadAuthorities
+
+            if not any(isSSLEndpoint(description) for description in self["listen"]):
+                raise usage.UsageError("--client-ca needs an ssl: --listen endpoint to apply to")
+            try:
+                loadAuthorities(self["client-ca"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--client-ca: {e}")
 
     def toConfig(self) -> ServerConfig:
         """
@@ -183,6 +207,8 @@ class Options(usage.Options):
             maxHTTPConnections=self["max-http-connections"],
             maxHTTPConnectionsPerAddress=self["max-http-connections-per-address"],
             capExempt=self["cap-exempt"],
+            anonymousFrom=self["anonymous-from"],
+            clientCA=self["client-ca"],
         )
 
 
