@@ -192,9 +192,12 @@ async def test_running_server_conforms_to_the_description(tmp_path: Path, reacto
         conformance.check("/api/stream", response.code, response.headers.getRawHeaders(b"content-type")[0], body,
                           response.headers)
 
+    # The fleet's paths are checked in full by test_fleet_openapi.py.
+    fleetPaths = ("/api/sensors", "/api/fleet", "/api/sparklines", "/api/alerts")
     documented = {
         (template, status)
         for template, item in SPEC["paths"].items()
+        if template not in fleetPaths
         for status in item["get"]["responses"]
     }
     assert documented - conformance.seen == set(), "documented answers never produced"

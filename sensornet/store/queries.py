@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from zope.interface import implementer
 
+from ..fleet.states import Cadence
 from ..interfaces import IRollupQueries
 from .base import Store, StoreUnavailable, parseStoreURL
 from .threads import WorkerThreads
@@ -348,6 +349,134 @@ class StoreQueries(Service):
             return shape(self._inThread("rollups", sensor, kind, start, end, step))
 
         return self._run(query)
+
+    # -- the fleet view (sensornet.store.fleet) -------------------------------
+
+    #: How series states are decided (the server sets it from its options).
+    cadence: Cadence = Cadence()
+
+    def _inConnection(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """
+        On a query thread: C{function(connection, dialect, *args, **kwargs)}
+        with this thread's store connection (opened on first use, dropped
+        after a failure, as L{_inThread}).
+        """
+        from . import fleet
+
+        self._inThread("ping")
+        store = self._local.store
+        from .sqlite import SQLiteStore
+
+        if isinstance(store, SQLiteStore):
+            dialect = fleet.SQLITE
+        elif type(store).__module__.endswith(".postgresql"):
+            dialect = fleet.POSTGRESQL
+        else:
+            raise StoreUnavailable(f"{type(store).__name__} cannot answer fleet queries")
+        try:
+            return function(store._connection(), dialect, *args, **kwargs)
+        except StoreUnavailable:
+            self._closeLocal()
+            raise
+
+    def sensorsPage(
+        self,
+        now: float,
+        prefix: Optional[str] = None,
+        glob: Optional[str] = None,
+        kind: Optional[str] = None,
+        state: Optional[str] = None,
+        sort: str = "name",
+        limit: int = 100,
+        cursor: Optional[str] = None,
+        total: bool = True,
+        encode: Optional[Callable[[Dict[str, Any]], Any]] = None,
+    ) -> Deferred[Any]:
+        """
+        One page of the fleet's series (see L{sensornet.store.fleet}): the
+        filters, sort order and cursor are checked here, the page and its
+        total read on a query thread, then handed to C{encode} there too.
+
+        @param now: The server's time, seconds since the epoch: states are
+            decided at it.
+        @param limit: Rows per page, 1 to L{fleet.MAX_PAGE}.
+        @return: A L{Deferred} firing with C{encode}'s result, or without
+            C{encode} with C{{"sensors": rows, "next": cursor or None,
+            "total": n, "total_capped": bool}}. It fails with L{ValueError}
+            for a bad argument or cursor, with
+            L{sensornet.store.StoreUnavailable} if the store cannot be read.
+        """
+        from . import fleet
+
+        try:
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= fleet.MAX_PAGE:
+                raise ValueError(f"limit must be from 1 to {fleet.MAX_PAGE}, not {limit!r}")
+            if sort not in fleet.SORTS:
+                raise ValueError(f"sort must be one of {', '.join(fleet.SORTS)}, not {sort!r}")
+            where = fleet.SensorFilter(prefix=prefix, glob=glob, kind=kind, state=state)
+            after = fleet.decodeSensorCursor(cursor, sort) if cursor is not None else None
+        except (TypeError, ValueError) as e:
+            return fail(ValueError(str(e)))
+        cadence = self.cadence
+
+        def query(connection: Any, dialect: Any) -> Any:
+            rows, nextKey = fleet.sensorsPage(connection, dialect, cadence, now, where, sort, limit, after)
+            page: Dict[str, Any] = {
+                "sensors": rows,
+                "next": fleet.encodeSensorCursor(sort, nextKey) if nextKey is not None else None,
+            }
+            if total:
+                page["total"], page["total_capped"] = fleet.countSensors(connection, dialect, cadence, now, where)
+            return encode(page) if encode is not None else page
+
+        return self._run(self._inConnection, query)
+
+    def fleetSummary(self, now: float) -> Deferred[Dict[str, Any]]:
+        """
+        The fleet at C{now} by state and kind
+        (L{sensornet.store.fleet.fleetSummary}), read on a query thread.
+        """
+        from . import fleet
+
+        cadence = self.cadence
+        return self._run(self._inConnection, fleet.fleetSummary, cadence, now)
+
+    def sparklines(
+        self,
+        series: List[Tuple[str, str]],
+        since: float,
+        until: float,
+        step: str,
+        encode: Optional[Callable[[List[Dict[str, Any]]], Any]] = None,
+    ) -> Deferred[Any]:
+        """
+        The rollup buckets of C{step} over [C{since}, C{until}) of up to
+        L{sensornet.store.fleet.MAX_SPARKLINES} (sensor, kind) pairs, read
+        together on a query thread (L{sensornet.store.fleet.sparklineRows}),
+        then handed to C{encode} there.
+        """
+        from . import fleet
+
+        try:
+            if len(series) > fleet.MAX_SPARKLINES:
+                raise ValueError(f"at most {fleet.MAX_SPARKLINES} series at once")
+            if step not in STEP_SECONDS:
+                raise ValueError(f"step must be one of {', '.join(STEP_SECONDS)}, not {step!r}")
+            start = _optionalTime("since", since)
+            end = _optionalTime("until", until)
+            if start is None or end is None or end < start:
+                raise ValueError("since and until are both needed, since first")
+            if bucketRange(start, end, step)[2] > MAX_BUCKETS:
+                raise ValueError(f"more than {MAX_BUCKETS} buckets of {step}")
+        except (TypeError, ValueError) as e:
+            return fail(ValueError(str(e)))
+        pairs = list(series)
+
+        def query(connection: Any, dialect: Any) -> Any:
+            rows = fleet.sparklineRows(connection, dialect, pairs, start, end, step)
+            return encode(rows) if encode is not None else rows
+
+        return self._run(self._inConnection, query)
 
     def ping(self) -> Deferred[bool]:
         """

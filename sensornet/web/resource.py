@@ -3,8 +3,10 @@ The HTTP side's resource tree, assembled from its parts:
 
   - C{/} and C{/static/...}: the dashboard, served from files inside the
     package (no CDN, no build step: a server in a VPC may have no internet).
-  - C{/api/sensors}, C{/api/readings}: L{sensornet.web.api}.
+  - C{/api/readings}: L{sensornet.web.api}.
   - C{/api/stream}: L{sensornet.web.stream}.
+  - C{/api/sensors}, C{/api/fleet}, C{/api/sparklines}: L{sensornet.web.sensors};
+    C{/api/alerts}: L{sensornet.web.alerts}.
   - C{/metrics}, C{/healthz}, C{/readyz}: operations.
 
 Every response carries a strict Content-Security-Policy allowing only this
@@ -31,7 +33,6 @@ from .api import (
     MetricsResource,
     ReadingsResource,
     ReadyResource,
-    SensorsResource,
     noStoreResource,
 )
 from .stream import StreamResource
@@ -120,7 +121,8 @@ def _tree(
     metrics: ServerMetrics,
     connectedSensors: Callable[[], Collection[str]],
     reactor: IReactorTime,
-) -> Tuple[Resource, StreamResource]:
+    alerts: Optional[Any] = None,
+) -> Tuple[Resource, StreamResource, Optional[Any]]:
     root = _Root()
     static = staticDirectory()
     root.putChild(b"", _StaticFile(str(static / "index.html")))
@@ -128,17 +130,52 @@ def _tree(
     api = _Directory()
     root.putChild(b"api", api)
     if queries is not None:
-        api.putChild(b"sensors", SensorsResource(queries, connectedSensors, reactor))
         api.putChild(b"readings", ReadingsResource(queries, reactor))
     else:
-        api.putChild(b"sensors", noStoreResource())
         api.putChild(b"readings", noStoreResource())
     stream = StreamResource(feed, reactor, metrics.registry)
     api.putChild(b"stream", stream)
+    fleet = _fleetResources(api, queries, connectedSensors, metrics, reactor, alerts)
     root.putChild(b"metrics", MetricsResource(metrics.registry))
     root.putChild(b"healthz", HealthResource())
     root.putChild(b"readyz", ReadyResource(queries, reactor))
-    return root, stream
+    return root, stream, fleet
+
+
+def _fleetResources(
+    api: Resource,
+    queries: Optional[IStoreQueries],
+    connectedSensors: Callable[[], Collection[str]],
+    metrics: ServerMetrics,
+    reactor: IReactorTime,
+    alerts: Optional[Any],
+) -> Optional[Any]:
+    """
+    C{/api/sensors}, C{/api/fleet}, C{/api/sparklines}, C{/api/alerts}
+    (L{sensornet.web.sensors}, L{sensornet.web.alerts}); returns the fleet
+    summary cache, whose gauges the server refreshes.
+    """
+    from .alerts import AlertsResource
+    from .sensors import FleetResource, SensorsResource, SparklinesResource
+
+    api.putChild(b"alerts", AlertsResource(alerts))
+    if queries is None or not hasattr(queries, "fleetSummary"):
+        # A query side without the fleet's queries (a test double) still
+        # lists its series, unpaged.
+        if queries is not None:
+            api.putChild(b"sensors", SensorsResource(queries, connectedSensors, reactor))
+        for name in (b"sensors", b"fleet", b"sparklines"):
+            if name not in api.children:
+                api.putChild(name, noStoreResource())
+        return None
+    from ..fleet.summary import FleetSummaryCache
+
+    cache = FleetSummaryCache(queries, reactor, metrics.registry)
+    counts = alerts.counts if alerts is not None else None
+    api.putChild(b"sensors", SensorsResource(queries, connectedSensors, reactor))
+    api.putChild(b"fleet", FleetResource(cache, counts))
+    api.putChild(b"sparklines", SparklinesResource(queries, reactor))
+    return cache
 
 
 def makeResource(
@@ -147,6 +184,7 @@ def makeResource(
     metrics: ServerMetrics,
     connectedSensors: Callable[[], Collection[str]],
     reactor: IReactorTime,
+    alerts: Optional[Any] = None,
 ) -> Resource:
     """
     The root resource of a server's HTTP side.
@@ -158,8 +196,10 @@ def makeResource(
         C{metrics.registry}, so build one resource per L{ServerMetrics}.
     @param connectedSensors: Names of the sensors with a connection open now.
     @param reactor: Gives the time (C{seconds()}) and runs the heartbeat.
+    @param alerts: The rules engine (L{sensornet.fleet.rules.RulesEngine})
+        for C{/api/alerts} and the alert counts of C{/api/fleet}, or L{None}.
     """
-    return _tree(queries, feed, metrics, connectedSensors, reactor)[0]
+    return _tree(queries, feed, metrics, connectedSensors, reactor, alerts)[0]
 
 
 class WebSite(Site):
@@ -169,13 +209,18 @@ class WebSite(Site):
 
     @ivar stream: The live stream (C{/api/stream}); a stopping server ends
         its streams with C{stream.closeAll()}.
+    @ivar fleetSummary: The L{sensornet.fleet.summary.FleetSummaryCache}
+        behind C{/api/fleet}, or L{None} without a store.
     """
 
     displayTracebacks = False
 
-    def __init__(self, resource: Resource, stream: StreamResource, reactor: IReactorTime) -> None:
+    def __init__(
+        self, resource: Resource, stream: StreamResource, reactor: IReactorTime, fleetSummary: Optional[Any] = None
+    ) -> None:
         super().__init__(resource, reactor=reactor)
         self.stream = stream
+        self.fleetSummary = fleetSummary
 
 
 def makeSite(
@@ -184,10 +229,11 @@ def makeSite(
     metrics: ServerMetrics,
     connectedSensors: Callable[[], Collection[str]],
     reactor: IReactorTime,
+    alerts: Optional[Any] = None,
 ) -> WebSite:
     """
     A L{WebSite} serving L{makeResource}'s tree, ready to listen on an
     endpoint.
     """
-    root, stream = _tree(queries, feed, metrics, connectedSensors, reactor)
-    return WebSite(root, stream, reactor)
+    root, stream, fleet = _tree(queries, feed, metrics, connectedSensors, reactor, alerts)
+    return WebSite(root, stream, reactor, fleet)
