@@ -29,7 +29,7 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
-from typing import List, Optional, Sequence, TextIO
+from typing import List, Mapping, Optional, Sequence, TextIO
 
 from ..store.base import DEFAULT_STORE, StoreUnavailable, parseStoreURL
 from .registry import ROLES, Credential, Registry, RegistryError
@@ -48,7 +48,7 @@ class _Refused(Exception):
     """
 
 
-def resolveStoreURL(text: str, environ: Optional[dict] = None) -> str:
+def resolveStoreURL(text: str, environ: Optional[Mapping[str, str]] = None) -> str:
     """
     The store URL C{text} names, as the server reads C{--store}: C{env:NAME}
     is the value of environment variable C{NAME}; anything else must parse
@@ -58,11 +58,10 @@ def resolveStoreURL(text: str, environ: Optional[dict] = None) -> str:
     @raise ValueError: With a message fit for a user (never the URL's
         password).
     """
-    environ = os.environ if environ is None else environ
     url = text
     if text.startswith("env:"):
         name = text[len("env:"):]
-        url = environ.get(name, "")
+        url = (os.environ if environ is None else environ).get(name, "")
         if not url:
             raise ValueError(f"--store {text}: environment variable {name} is not set")
     if url == "none":
