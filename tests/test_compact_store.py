@@ -458,3 +458,56 @@ def test_maintenance_logs_the_expected_disk_once_at_start(reactor, tmp_path):
     assert estimates[0].endswith("(the stored fleet at its median cadence)")
     assert "expected disk at 20,000 series every 2 s: raw " in estimates[1]
     assert estimates[1].endswith("(reference fleet)")
+
+
+def test_bounded_expiry_in_steps_equals_one_unbounded_pass(store_url, tmp_path) -> None:
+    """
+    The same store expired by one unbounded call and (a copy) by calls of
+    at most 37 rows ends with the same readings and rollups; no call
+    deletes more than 37 rows, and the calls resume inside a series.
+    """
+    day = 86400.0
+    policy = RetentionPolicy(parseRetention("raw:2d,1m:3d,1h:4d"))
+    names = ("a", "b", "c")
+    made = []
+    for name in names:
+        made += [reading(name, k, value=k, ts=NOW - 10 * day + 60 * k) for k in range(180)]
+        made.append(reading(name, 1000, value=1000, ts=NOW - 60))
+
+    def snapshot(store: Any) -> Dict[str, Any]:
+        return {n: ([r["seq"] for r in allReadings(store, sensor=n)],
+                    store.rollups(n, None, NOW - 20 * day, NOW, "1m"),
+                    store.rollups(n, None, NOW - 20 * day, NOW, "1h")) for n in names}
+
+    store = openStore(store_url)
+    store.retention = policy
+    try:
+        store.write(made)
+        compactAll(store)
+        steps = []
+        after = 0
+        for _ in range(100):
+            after, deleted = store.expireOnce(NOW, after, 1000, rows=37)
+            steps.append(deleted)
+            if deleted < 37:
+                break
+        stepped = snapshot(store)
+    finally:
+        store.close()
+    assert max(steps) == 37 and len(steps) == sum(steps) // 37 + 1
+
+    other = f"sqlite:{tmp_path / 'one-pass.db'}"
+    store = openStore(other)
+    store.retention = policy
+    try:
+        store.write(made)
+        compactAll(store)
+        # Each series: 180 1m rollups, and the blocks and 1h rollups of the
+        # (three or four) hours they touch.
+        after, deleted = store.expireOnce(NOW, 0, 1000)
+        assert after == 0 and deleted == sum(steps) > 3 * 186
+        assert snapshot(store) == stepped
+        for name in names:
+            assert stepped[name][0] == [1000]
+    finally:
+        store.close()

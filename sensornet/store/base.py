@@ -292,12 +292,15 @@ class Store:
         """
         raise NotImplementedError()
 
-    def expireOnce(self, now: float, after: int, limit: int) -> Tuple[int, int]:
+    def expireOnce(self, now: float, after: int, limit: int, rows: Optional[int] = None) -> Tuple[int, int]:
         """
         Delete, for at most C{limit} series with ids above C{after}, the
         blocks and rollup rows older than the retention that applies to each
-        (L{retention}), in one transaction. Returns (the last series id
-        handled, or 0 when the end was reached; rows deleted).
+        (L{retention}), in one transaction of at most C{rows} deleted rows
+        (oldest first; L{None}: no bound). Returns (where the next call
+        starts: the last series id finished, or 0 when the end was reached;
+        rows deleted). A call that ran out of C{rows} inside a series
+        returns the id before it, so the next call finishes that series.
         """
         raise NotImplementedError()
 

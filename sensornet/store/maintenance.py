@@ -10,7 +10,11 @@ is still running. Each round compacts the fresh rows written at least
 C{compactAfter} seconds earlier (at most C{compactBudget} readings a round,
 in transactions of C{compactRows} fresh rows), then expires the data of the
 next C{expireSeries} series, walking the series in id order and starting
-over at the end: expiry is a small, steady trickle, never one large delete.
+over at the end, in transactions of at most C{expireRows} deleted rows and
+at most C{expireBudget} rows a round: expiry is a small, steady trickle,
+never one large delete, and the writer waits for at most one small
+transaction (bench/sensors.py --purge measures what a purge costs the
+sensors' acks).
 
 The first round also logs what the retention policy will cost: the disk
 expected for the stored fleet at its median cadence (when it has one), and
@@ -27,6 +31,7 @@ before the service does.
 from __future__ import annotations
 
 import collections
+import time
 from typing import Any, Callable, Deque, Optional, Tuple
 
 from twisted.application.service import Service
@@ -64,6 +69,8 @@ class StoreMaintenance(Service):
     compactRows = 5000
     compactBudget = 500_000
     expireSeries = 200
+    expireRows = 500
+    expireBudget = 20_000
     logInterval = 60.0
 
     def __init__(
@@ -183,7 +190,16 @@ class StoreMaintenance(Service):
                 if not moved:
                     break
                 compacted += moved
-            self._expireAfter, expired = store.expireOnce(wall, self._expireAfter, self.expireSeries)
+            expired = 0
+            while True:
+                self._expireAfter, step = store.expireOnce(
+                    wall, self._expireAfter, self.expireSeries, self.expireRows
+                )
+                expired += step
+                if step < self.expireRows or expired >= self.expireBudget:
+                    break
+                # Let the writer take the database between transactions.
+                time.sleep(0.001)
             return compacted, expired, store.fleetStats()
         except BaseException:
             self._drop()

@@ -822,10 +822,11 @@ class PostgreSQLStore(Store):
             raise classify(e) from e
         return plan.readings
 
-    def expireOnce(self, now: float, after: int, limit: int) -> Tuple[int, int]:
+    def expireOnce(self, now: float, after: int, limit: int, rows: Optional[int] = None) -> Tuple[int, int]:
         rules = retentionRules(self.retention)
         conn = self._connection()
         deleted = 0
+        resume: Optional[int] = None
         try:
             with conn.transaction():
                 series = conn.execute(
@@ -833,20 +834,38 @@ class PostgreSQLStore(Store):
                 ).fetchall()
                 if not series:
                     return 0, 0
-                # One statement per table, for all the series at once.
-                cutoffs: Dict[Tuple[str, str], List[Tuple[int, int]]] = {}
-                for seriesId, policy in series:
-                    for table, column, cutoff in expiryCutoffs(rules, policy, now):
-                        cutoffs.setdefault((table, column), []).append((seriesId, cutoff))
-                for (table, column), pairs in sorted(cutoffs.items()):
-                    cursor = conn.execute(
-                        f"DELETE FROM {table} AS t USING unnest(%s::int8[], %s::int8[]) AS c (series, cutoff) "
-                        f"WHERE t.series = c.series AND t.{column} < c.cutoff",
-                        _columns(pairs, 2),
-                    )
-                    deleted += max(cursor.rowcount, 0)
+                if rows is None:
+                    # One statement per table, for all the series at once.
+                    cutoffs: Dict[Tuple[str, str], List[Tuple[int, int]]] = {}
+                    for seriesId, policy in series:
+                        for table, column, cutoff in expiryCutoffs(rules, policy, now):
+                            cutoffs.setdefault((table, column), []).append((seriesId, cutoff))
+                    for (table, column), pairs in sorted(cutoffs.items()):
+                        cursor = conn.execute(
+                            f"DELETE FROM {table} AS t USING unnest(%s::int8[], %s::int8[]) AS c (series, cutoff) "
+                            f"WHERE t.series = c.series AND t.{column} < c.cutoff",
+                            _columns(pairs, 2),
+                        )
+                        deleted += max(cursor.rowcount, 0)
+                else:
+                    previous = after
+                    for seriesId, policy in series:
+                        for table, column, cutoff in expiryCutoffs(rules, policy, now):
+                            cursor = conn.execute(
+                                _boundedDelete(table), {"series": seriesId, "cutoff": cutoff, "n": rows - deleted}
+                            )
+                            deleted += max(cursor.rowcount, 0)
+                            if deleted >= rows:
+                                break
+                        if deleted >= rows:
+                            # This series may have more: the next call starts with it.
+                            resume = previous
+                            break
+                        previous = seriesId
         except psycopg.Error as e:
             raise classify(e) from e
+        if resume is not None:
+            return resume, deleted
         return (series[-1][0] if len(series) == limit else 0), deleted
 
     def fleetStats(self) -> Dict[str, int]:
@@ -868,3 +887,15 @@ class PostgreSQLStore(Store):
         except psycopg.Error as e:
             raise classify(e) from e
         return None if row is None or row[0] is None else float(row[0]) / 1_000_000
+
+
+def _boundedDelete(table: str) -> str:
+    """
+    A statement deleting at most C{%(n)s} rows of C{table} for one series
+    older than a cutoff, oldest first, through the C{(series, time)} index.
+    """
+    column = "t1" if table == "blocks" else "bucket"
+    key = "id" if table == "blocks" else "bucket"
+    return (f"DELETE FROM {table} WHERE series = %(series)s AND {key} IN "
+            f"(SELECT {key} FROM {table} WHERE series = %(series)s AND {column} < %(cutoff)s "
+            f"ORDER BY {column} LIMIT %(n)s)")

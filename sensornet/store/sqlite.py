@@ -935,10 +935,11 @@ class SQLiteStore(Store):
             # free a single page (it stops at the first step).
             db.executescript(f"PRAGMA incremental_vacuum({min(excess, 4096)});")
 
-    def expireOnce(self, now: float, after: int, limit: int) -> Tuple[int, int]:
+    def expireOnce(self, now: float, after: int, limit: int, rows: Optional[int] = None) -> Tuple[int, int]:
         rules = retentionRules(self.retention)
         db = self._connection()
         deleted = 0
+        resume: Optional[int] = None
         try:
             series = db.execute(
                 "SELECT id, policy FROM series WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
@@ -948,17 +949,31 @@ class SQLiteStore(Store):
             with self._writeLock:
                 db.execute("BEGIN IMMEDIATE")
                 try:
+                    previous = after
                     for seriesId, policy in series:
                         for table, column, cutoff in expiryCutoffs(rules, policy, now):
-                            deleted += db.execute(
-                                f"DELETE FROM {table} WHERE series = ? AND {column} < ?", (seriesId, cutoff)
-                            ).rowcount
+                            if rows is None:
+                                deleted += db.execute(
+                                    f"DELETE FROM {table} WHERE series = ? AND {column} < ?", (seriesId, cutoff)
+                                ).rowcount
+                                continue
+                            left = rows - deleted
+                            deleted += db.execute(_boundedDelete(table), (seriesId, cutoff, left)).rowcount
+                            if deleted >= rows:
+                                break
+                        if rows is not None and deleted >= rows:
+                            # This series may have more: the next call starts with it.
+                            resume = previous
+                            break
+                        previous = seriesId
                     db.execute("COMMIT")
                 except BaseException:
                     _rollback(db)
                     raise
         except sqlite3.Error as e:
             raise classify(e) from e
+        if resume is not None:
+            return resume, deleted
         return (series[-1][0] if len(series) == limit else 0), deleted
 
     def fleetStats(self) -> Dict[str, int]:
@@ -979,6 +994,20 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise classify(e) from e
         return None if row is None else row[0] / 1_000_000
+
+
+def _boundedDelete(table: str) -> str:
+    """
+    A statement deleting at most C{?3} rows of C{table} for series C{?1}
+    older than C{?2}, oldest first, through the C{(series, time)} index.
+    Rollup tables have no rowid: their bucket is unique per series, so
+    "before the bucket at offset N" is exactly N rows.
+    """
+    if table == "blocks":
+        return ("DELETE FROM blocks WHERE id IN "
+                "(SELECT id FROM blocks WHERE series = ?1 AND t1 < ?2 ORDER BY t1 LIMIT ?3)")
+    return (f"DELETE FROM {table} WHERE series = ?1 AND bucket < coalesce("
+            f"(SELECT bucket FROM {table} WHERE series = ?1 AND bucket < ?2 ORDER BY bucket LIMIT 1 OFFSET ?3), ?2)")
 
 
 #: One lock per database file in this process, shared by every store object
