@@ -81,6 +81,12 @@ class ServerMetrics:
         self.httpConnectionsOpen = Gauge(
             "sensornet_http_connections_open", "HTTP connections open now.", registry=r
         )
+        self.httpUnauthorized = Counter(
+            "sensornet_http_unauthorized",
+            "HTTP requests refused for want of a valid reader's bearer token, by reason "
+            "(missing, malformed, invalid, not_ready).",
+            ["reason"], registry=r,
+        )
         self.rejectedLinesUnlogged = Counter(
             "sensornet_rejected_lines_unlogged",
             "Refused lines not logged one by one (past the per-chunk cap or the per-second limit).",

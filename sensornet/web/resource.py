@@ -9,6 +9,9 @@ The HTTP side's resource tree, assembled from its parts:
     C{/api/alerts}: L{sensornet.web.alerts}.
   - C{/metrics}, C{/healthz}, C{/readyz}: operations.
 
+With an authenticator (L{sensornet.web.auth}), every path but C{/},
+C{/static/...}, C{/healthz} and C{/readyz} needs a reader's bearer token.
+
 Every response carries a strict Content-Security-Policy allowing only this
 origin, so the dashboard cannot quietly depend on anything outside it.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Callable, Collection, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Collection, Optional, Tuple, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.pages import notFound
@@ -36,6 +39,9 @@ from .api import (
     noStoreResource,
 )
 from .stream import StreamResource
+
+if TYPE_CHECKING:
+    from .auth import BearerAuthenticator
 
 __all__ = ["WebSite", "makeResource", "makeSite", "staticDirectory"]
 
@@ -105,13 +111,21 @@ class _Directory(Resource):
 
 class _Root(_Directory):
     """
-    The root: adds the headers every response shares, then finds the child.
+    The root: adds the headers every response shares, asks the
+    authenticator (if any) whether the request may go on, then finds the
+    child.
     """
+
+    authenticator: Optional["BearerAuthenticator"] = None
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         request.setHeader(b"content-security-policy", _CSP)
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"referrer-policy", b"no-referrer")
+        if self.authenticator is not None:
+            refused = self.authenticator.guard(path, request)
+            if refused is not None:
+                return refused
         return super().getChildWithDefault(path, request)
 
 
@@ -230,10 +244,16 @@ def makeSite(
     connectedSensors: Callable[[], Collection[str]],
     reactor: IReactorTime,
     alerts: Optional[Any] = None,
+    authenticator: Optional["BearerAuthenticator"] = None,
 ) -> WebSite:
     """
     A L{WebSite} serving L{makeResource}'s tree, ready to listen on an
     endpoint.
+
+    @param authenticator: The guard every request but the open ones
+        (dashboard files, health checks) must pass
+        (L{sensornet.web.auth.BearerAuthenticator}); L{None}: all open.
     """
     root, stream, fleet = _tree(queries, feed, metrics, connectedSensors, reactor, alerts)
+    cast(_Root, root).authenticator = authenticator
     return WebSite(root, stream, reactor, fleet)
