@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Tuple
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IReactorSSL, IStreamServerEndpoint
 
-__all__ = ["certificateNames", "clientCertificateEndpoint", "isSSLEndpoint", "loadAuthorities"]
+__all__ = ["certificateNames", "clientCertificateEndpoint", "endpointArguments", "isSSLEndpoint", "loadAuthorities"]
 
 
 def isSSLEndpoint(description: str) -> bool:
@@ -35,7 +35,7 @@ def isSSLEndpoint(description: str) -> bool:
     return description.strip().lower().startswith("ssl:")
 
 
-def _arguments(description: str) -> Tuple[List[str], Dict[str, str]]:
+def endpointArguments(description: str) -> Tuple[List[str], Dict[str, str]]:
     """
     Split an endpoint string as Twisted does: arguments separated by C{:},
     C{key=value} for keywords, C{\\} escaping the next character. Pure.
@@ -103,7 +103,7 @@ def clientCertificateEndpoint(reactor: IReactorSSL, description: str, clientCA: 
     from twisted.internet.ssl import Certificate, CertificateOptions, DiffieHellmanParameters, PrivateCertificate
     from twisted.python.filepath import FilePath
 
-    positional, keywords = _arguments(description.strip())
+    positional, keywords = endpointArguments(description.strip())
     if positional[0].lower() != "ssl":
         raise ValueError(f"not an ssl: endpoint: {description!r}")
     known = {"port", "privateKey", "certKey", "extraCertChain", "interface", "backlog", "dhParameters"}
