@@ -65,6 +65,19 @@
   };
 
   let clockOffset = 0; // server seconds minus browser seconds
+
+  // Performance marks for bench/dashboard.py: the overview's counts and the
+  // table's first page drawn; "first useful paint" is the frame after both.
+  const painted = new Set();
+  function markPainted(what) {
+    if (painted.has(what)) return;
+    painted.add(what);
+    performance.mark("sensornet:" + what);
+    if (painted.has("overview") && painted.has("table") && !painted.has("useful")) {
+      painted.add("useful");
+      requestAnimationFrame(() => setTimeout(() => performance.mark("sensornet:first-useful-paint"), 0));
+    }
+  }
   const serverNow = () => Date.now() / 1000 + clockOffset;
   const displayUnit = (u) => UNIT_NAMES[u] || u || "";
   const seriesKey = (sensor, kind) => sensor + "\u0000" + kind;
@@ -260,6 +273,7 @@
         el.counts.hidden = true;
         el.kinds.hidden = true;
         el.overviewMissing.hidden = false;
+        markPainted("overview");
       }
       return;
     }
@@ -291,6 +305,7 @@
     tbody.replaceChildren(...rows);
     setKinds(kinds);
     if (body.alerts) showAlertCounts(body.alerts);
+    markPainted("overview");
   }
 
   function setKinds(kinds) {
@@ -422,6 +437,7 @@
     renderRows();
     setStatus("live", "updated " + clockText(serverNow(), true));
     el.table.dataset.loaded = "true";
+    markPainted("table");
     loadSparklines(false);
   }
 
