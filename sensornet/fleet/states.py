@@ -68,6 +68,10 @@ LATE_AFTER = 2.0
 SILENT_AFTER = 5.0
 
 
+#: The most intervals C{--silent-after} (and a rule's C{silent_for}) takes.
+MAX_INTERVALS = 1000.0
+
+
 def _clamp(seconds: float) -> float:
     return min(MAX_INTERVAL, max(MIN_INTERVAL, seconds))
 
@@ -92,10 +96,12 @@ class Cadence:
             raise ValueError(f"the expected interval must be a positive number of seconds, not {self.expected!r}")
         if not (math.isfinite(self.lateAfter) and self.lateAfter > 0):
             raise ValueError(f"late-after must be a positive number of intervals, not {self.lateAfter!r}")
-        if not (math.isfinite(self.silentAfter) and self.silentAfter >= self.lateAfter):
+        # The upper bound keeps the SQL form's integer products far from
+        # 64-bit overflow (1000 * 1000 * a day in microseconds < 2**63).
+        if not (math.isfinite(self.silentAfter) and self.lateAfter <= self.silentAfter <= MAX_INTERVALS):
             raise ValueError(
-                f"silent-after must be a number of intervals not below late-after ({self.lateAfter:g}), "
-                f"not {self.silentAfter!r}"
+                f"silent-after must be a number of intervals from late-after ({self.lateAfter:g}) to "
+                f"{MAX_INTERVALS:g}, not {self.silentAfter!r}"
             )
 
     def intervalMicros(self, count: int, firstSeen: Optional[int], lastSeen: Optional[int]) -> Optional[int]:

@@ -50,6 +50,7 @@ __all__ = [
     "decodeSensorCursor",
     "sensorsPage",
     "fleetSummary",
+    "silentSeries",
     "sparklineRows",
 ]
 
@@ -434,6 +435,36 @@ def countSensors(
     )
     total = int(_run(connection, dialect, sql, q.params)[0][0])
     return min(total, cap), total > cap
+
+
+def silentSeries(
+    connection: Any,
+    dialect: Dialect,
+    cadence: Cadence,
+    now: float,
+    glob: str,
+    kind: Optional[str],
+    intervals: float,
+    limit: int,
+) -> List[Tuple[str, str, float]]:
+    """
+    Up to C{limit} series whose sensor matches C{glob} (and of C{kind}, if
+    given) that have sent nothing for more than C{intervals} of their
+    expected intervals at C{now}: (sensor, kind, last_seen in seconds), in
+    name order. Series never seen are not silent here.
+    """
+    p = cadence.sqlParameters(now)
+    q = _filtered(dialect, cadence, now, SensorFilter(glob=glob, kind=kind))
+    milli = int(round(intervals * 1000))
+    q.add(f"se.id IS NOT NULL AND ({p['now']} - se.last_seen) > ({milli} * {_intervalSQL(dialect, p)} / 1000)")
+    c = dialect.collate
+    rows = _run(
+        connection, dialect,
+        f"SELECT s.name, se.kind, se.last_seen {_FROM} WHERE {' AND '.join(q.where)} "
+        f"ORDER BY s.name{c}, se.kind{c} LIMIT {int(limit)}",
+        q.params,
+    )
+    return [(name, kind, fromMicroseconds(last)) for name, kind, last in rows]
 
 
 def fleetSummary(connection: Any, dialect: Dialect, cadence: Cadence, now: float) -> Dict[str, Any]:

@@ -441,6 +441,22 @@ class StoreQueries(Service):
         cadence = self.cadence
         return self._run(self._inConnection, fleet.fleetSummary, cadence, now)
 
+    def silentSeries(
+        self, now: float, glob: str, kind: Optional[str], intervals: float, limit: int
+    ) -> Deferred[List[Tuple[str, str, float]]]:
+        """
+        The series a silence rule finds silent at C{now}
+        (L{sensornet.store.fleet.silentSeries}), read on a query thread.
+        """
+        from . import fleet
+
+        try:
+            fleet.validateGlob(glob)
+        except ValueError as e:
+            return fail(e)
+        cadence = self.cadence
+        return self._run(self._inConnection, fleet.silentSeries, cadence, now, glob, kind, intervals, limit)
+
     def sparklines(
         self,
         series: List[Tuple[str, str]],
