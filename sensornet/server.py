@@ -124,6 +124,10 @@ class ServerConfig:
     @ivar clientCA: PEM file of the CA(s) whose client certificates the
         C{ssl:} sensor listeners require, or L{None}: C{ssl:} listeners ask
         for no client certificate.
+    @ivar httpAuth: C{"required"} (the default): every HTTP path but the
+        dashboard's files and the health checks needs a reader's bearer
+        token (see C{docs/security.md}); a server with an HTTP side and no
+        store (no registry) then refuses to be built. C{"none"}: all open.
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -147,6 +151,7 @@ class ServerConfig:
     capExempt: Tuple[Network, ...] = field(default_factory=lambda: parseNetworks(DEFAULT_EXEMPT))
     anonymousFrom: str = DEFAULT_ANONYMOUS_FROM
     clientCA: Optional[str] = None
+    httpAuth: str = "required"
 
 
 class SensorServerService(MultiService):
@@ -272,7 +277,25 @@ class SensorServerService(MultiService):
             queries = StoreQueries(self.config.store, self.reactor)
             queries.setServiceParent(self)
             self.queries = queries
-        self.site = makeSite(self.queries, self.feed, self.metrics, self.factory.connectedSensors, self.reactor)
+        authenticator = None
+        if self.config.httpAuth == "required":
+            from .web.auth import BearerAuthenticator
+
+            credentials = self.credentials
+            if credentials is None:
+                raise ValueError(
+                    "HTTP access control (httpAuth 'required') needs the credentials of a store, and this "
+                    "server has none: give it a store, or set httpAuth to 'none'"
+                )
+            authenticator = BearerAuthenticator(
+                credentials.verify, lambda: credentials.ready.called, self.metrics.httpUnauthorized
+            )
+        elif self.config.httpAuth != "none":
+            raise ValueError(f"httpAuth must be 'required' or 'none', not {self.config.httpAuth!r}")
+        self.site = makeSite(
+            self.queries, self.feed, self.metrics, self.factory.connectedSensors, self.reactor,
+            authenticator=authenticator,
+        )
         self._webConnections = OpenConnections(
             self.site, clock=self.reactor, metrics=self.metrics, port="http", refusal=HTTP_REFUSAL,
             openGauge=self.metrics.httpConnectionsOpen,

@@ -214,7 +214,7 @@ def parse(*argv: str) -> ServerConfig:
     from sensornet.tap.server import Options
 
     options = Options()
-    options.parseOptions(["--store", "none", *argv])
+    options.parseOptions(["--store", "none", "--http-auth", "none", *argv])
     return options.toConfig()
 
 
@@ -261,7 +261,7 @@ async def startServer(reactor: Any, **config: Any) -> Any:
     server = SensorServerService(
         ServerConfig(
             listen=["tcp:0:interface=127.0.0.1"], http="tcp:0:interface=127.0.0.1", store="none",
-            logReadings=False, handshakeTimeout=None, **config,
+            logReadings=False, handshakeTimeout=None, httpAuth="none", **config,
         ),
         reactor,
     )

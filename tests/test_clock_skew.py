@@ -312,6 +312,7 @@ def test_a_year_2262_reading_cannot_pin_latest_over_loopback_with_sqlite(reactor
         http="tcp:0:interface=127.0.0.1",
         store=f"sqlite:{tmp_path / 'skew.db'}",
         logReadings=False,
+        httpAuth="none",
     )
     server = SensorServerService(config, reactor)
     server.startService()

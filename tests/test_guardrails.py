@@ -705,7 +705,7 @@ def parseServerOptions(*argv: str) -> Any:
     from sensornet.tap.server import Options
 
     options = Options()
-    options.parseOptions(["--store", "none", *argv])
+    options.parseOptions(["--store", "none", "--http-auth", "none", *argv])
     return options.toConfig()
 
 

@@ -106,6 +106,7 @@ async def test_stopped_server_leaves_no_connection_open_and_no_timer_pending(tmp
         http="tcp:0:interface=127.0.0.1",
         store=f"sqlite:{tmp_path / 'shutdown.sqlite3'}",
         closeTimeout=CLOSE_TIMEOUT,
+        httpAuth="none",
     )
     server = SensorServerService(config, reactor)
     server.startService()
@@ -171,7 +172,9 @@ async def test_listening_ports_come_from_public_api_and_stop_with_the_server(rea
     C{tcp:0}); after the stop both ports refuse connections; a server
     without HTTP says so.
     """
-    config = ServerConfig(listen=["tcp:0:interface=127.0.0.1"] * 2, http="tcp:0:interface=127.0.0.1", store="none")
+    config = ServerConfig(
+        listen=["tcp:0:interface=127.0.0.1"] * 2, http="tcp:0:interface=127.0.0.1", store="none", httpAuth="none"
+    )
     server = SensorServerService(config, reactor)
     server.startService()
     try:
@@ -200,7 +203,7 @@ async def test_a_port_in_use_fails_the_start(reactor: Any, which: str):
     taken.listen(1)
     try:
         endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
-        config = ServerConfig(listen=["tcp:0:interface=127.0.0.1"], http=None, store="none")
+        config = ServerConfig(listen=["tcp:0:interface=127.0.0.1"], http=None, store="none", httpAuth="none")
         if which == "listen":
             config.listen = [endpoint]
         else:

@@ -123,6 +123,7 @@ async def test_server_metrics_count_the_lines_a_sensor_sent(tmp_path: Path, reac
         http="tcp:0:interface=127.0.0.1",
         store=f"sqlite:{tmp_path / 'server.sqlite3'}",
         logReadings=False,
+        httpAuth="none",
     )
     server = SensorServerService(config, reactor)
     server.startService()

@@ -53,6 +53,9 @@ class Options(usage.Options):
             http=http,
             store=self["store"],
             logReadings=not self["no-log-readings"],
+            # Without a store there are no credentials to check readers
+            # against: such a demo's HTTP side is open (and says so).
+            httpAuth="none" if self["store"] == "none" and http is not None else "required",
         )
         clients = [
             ClientConfig(kind=kind, sensor=name, endpoint=f"tcp:host=127.0.0.1:port={port}", seed=self["seed"])

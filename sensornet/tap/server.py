@@ -31,6 +31,7 @@ class Options(usage.Options):
         "[--compact-after SECONDS] [--max-connections N|auto|none] [--max-connections-per-address N|none] "
         "[--max-http-connections N|auto|none] [--max-http-connections-per-address N|none] "
         "[--cap-exempt CIDR[,CIDR]|none] [--anonymous-from CIDR[,CIDR]|none] [--client-ca PATH]"
+        " [--http-auth required|none]"
     )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
@@ -88,6 +89,10 @@ class Options(usage.Options):
         ["client-ca", None, None,
          "PEM file of the CA(s) signing sensors' client certificates: every ssl: --listen then requires "
          "a certificate from it, whose CN (or a DNS SAN) names the sensor."],
+        ["http-auth", None, "required",
+         "'required': every HTTP path but the dashboard's files, /healthz and /readyz needs "
+         "'Authorization: Bearer TOKEN' of a reader credential (sensornet sensors add NAME --role reader); "
+         "'none': the HTTP side is open to anyone who can reach it. 'required' needs a --store."],
     ]
 
     optFlags = [
@@ -180,6 +185,14 @@ class Options(usage.Options):
                 loadAuthorities(self["client-ca"])
             except (OSError, ValueError) as e:
                 raise usage.UsageError(f"--client-ca: {e}")
+        self["http-auth"] = self["http-auth"].strip().lower()
+        if self["http-auth"] not in ("required", "none"):
+            raise usage.UsageError(f"--http-auth must be 'required' or 'none', not {self['http-auth']!r}")
+        if self["http-auth"] == "required" and self["store"] == "none" and self["http"].strip().lower() != "none":
+            raise usage.UsageError(
+                "--http-auth required checks readers' tokens against the store's credentials, and --store none "
+                "keeps none: give a --store, or pass --http-auth none to leave the HTTP side open"
+            )
 
     def toConfig(self) -> ServerConfig:
         """
@@ -209,6 +222,7 @@ class Options(usage.Options):
             capExempt=self["cap-exempt"],
             anonymousFrom=self["anonymous-from"],
             clientCA=self["client-ca"],
+            httpAuth=self["http-auth"],
         )
 
 
