@@ -10,7 +10,7 @@ who wants a dashboard over a throw-away SQLite store.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Optional, Set
+from typing import TYPE_CHECKING, Iterable, List, Optional, Set
 
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -20,6 +20,9 @@ from ..feed import LiveFeed
 from ..metrics import ServerMetrics
 from ..reading import Reading
 from .resource import WebSite, makeSite
+
+if TYPE_CHECKING:
+    from .auth import BearerAuthenticator
 
 __all__ = ["WebHarness"]
 
@@ -34,11 +37,20 @@ class WebHarness:
     @ivar url: The site's base URL (C{"http://127.0.0.1:PORT"}), once started.
     @ivar connected: The sensor names C{/api/sensors} reports as connected;
         tests change it freely.
+    @ivar authenticator: The site's guard (L{sensornet.web.auth}), or
+        L{None} for an open site.
     """
 
-    def __init__(self, directory: Path, reactor: IReactorTime, storeURL: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        reactor: IReactorTime,
+        storeURL: Optional[str] = None,
+        authenticator: Optional["BearerAuthenticator"] = None,
+    ) -> None:
         self.storeURL = storeURL or f"sqlite:{directory / 'readings.sqlite3'}"
         self.reactor = reactor
+        self.authenticator = authenticator
         self.metrics = ServerMetrics()
         self.feed = LiveFeed()
         self.connected: Set[str] = set()
@@ -58,7 +70,8 @@ class WebHarness:
         self.writer.startService()
         await self.writer.whenOpen()
         self.queries.startService()
-        self.site = makeSite(self.queries, self.feed, self.metrics, lambda: self.connected, self.reactor)
+        self.site = makeSite(self.queries, self.feed, self.metrics, lambda: self.connected, self.reactor,
+                             authenticator=self.authenticator)
         self._port = await TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(self.site)
         self.url = f"http://127.0.0.1:{self._port.getHost().port}"  # type: ignore[union-attr]
         return self
