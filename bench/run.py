@@ -74,6 +74,8 @@ def sensornetCommand(
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "-n", "--pidfile=", "--logfile", os.path.join(workdir, "server.log"),
         "sensornet-server", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}", "--http", http,
+        # The benchmarks scrape /metrics on loopback without a token.
+        *(["--http-auth", "none"] if http != "none" else []),
         "--store", store, *extra,
     ] + ([] if logReadings else ["--no-log-readings"])
 
