@@ -135,8 +135,8 @@ def clientCertificateEndpoint(reactor: IReactorSSL, description: str, clientCA: 
         certificate=private.original,
         extraCertChain=chain or None,
         dhParameters=dh,
+        # A trust root means: verify the peer, and require a certificate.
         trustRoot=loadAuthorities(clientCA),
-        requireCertificate=True,
     )
     return SSL4ServerEndpoint(
         reactor, port, options, backlog=int(keywords.get("backlog", "50")), interface=keywords.get("interface", "")
