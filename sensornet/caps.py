@@ -186,16 +186,22 @@ class _Refused(Protocol):
 
     transport: Any
 
-    def __init__(self, reply: bytes) -> None:
+    def __init__(self, factory: "CappedFactory", reply: bytes) -> None:
+        self.capped = factory
         self.reply = reply
 
     def connectionMade(self) -> None:
         if self.reply:
             self.transport.write(self.reply)
-        self.transport.loseConnection()
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         pass
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.capped.refusing -= 1
 
 
 class CappedFactory(WrappingFactory):
@@ -212,11 +218,27 @@ class CappedFactory(WrappingFactory):
         time (the server sets the totals derived from the open-file limit
         when it starts, after raising that limit).
     @ivar port: The C{port} label of this factory's metrics.
+    @ivar refusing: Refused connections still open (their reply being
+        written).
     @cvar logInterval: Seconds between two log lines about refusals.
+    @ivar closeAtAccept: Whether C{buildProtocol} may return L{None} (the
+        listening port then closes the socket at once): true only for
+        plain TCP and UNIX listeners. A TLS listener wraps this factory and
+        cannot take L{None}, so there a refusal past C{maxRefusing} is an
+        abort without a reply, holding its descriptor until the next
+        reactor iteration.
+    @cvar maxRefusing: Refused connections that may be open at once, their
+        reply on its way; past this, a refused connection is closed at
+        accept, without a reply, holding its descriptor for no time at
+        all. Twisted accepts a hundred connections or more in one go, and
+        a burst of refusals that each kept its descriptor until its reply
+        was written would eat the reserve and run the process out of
+        descriptors (EMFILE), the lock-out the caps are there to prevent.
     """
 
     noisy = False
     logInterval = 10.0
+    maxRefusing = 16
 
     _log = Logger()
 
@@ -244,6 +266,8 @@ class CappedFactory(WrappingFactory):
         self.port = port
         self.refusal = refusal
         self._openGauge = openGauge
+        self.refusing = 0
+        self.closeAtAccept = False
         self._perHost: Dict[str, int] = {}
         self._refusedFor: Dict[str, Any] = {}
         if metrics is not None:
@@ -319,7 +343,7 @@ class CappedFactory(WrappingFactory):
         if self._openGauge is not None:
             self._openGauge.set(len(self.protocols))
 
-    def _refuse(self, reason: str) -> Protocol:
+    def _refuse(self, reason: str) -> Optional[Protocol]:
         counter = self._refusedFor.get(reason)
         if counter is not None:
             counter.inc()
@@ -334,7 +358,22 @@ class CappedFactory(WrappingFactory):
             )
             self._unlogged = 0
             self._loggedAt = now
-        return _Refused(self.refusal)
+        self.refusing += 1
+        if self.refusing > self.maxRefusing:
+            if self.closeAtAccept:
+                self.refusing -= 1
+                return None
+            return _Refused(self, b"")
+        return _Refused(self, self.refusal)
+
+
+def closesAtAccept(descriptions: Iterable[str]) -> bool:
+    """
+    Whether every one of these endpoint strings listens without a wrapping
+    factory (plain TCP or UNIX sockets), so that a L{CappedFactory} may
+    close refused connections at accept (its C{closeAtAccept}).
+    """
+    return all(d.split(":", 1)[0].strip().lower() in ("tcp", "tcp6", "unix") for d in descriptions)
 
 
 def limitsFor(

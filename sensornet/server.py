@@ -34,6 +34,7 @@ from .caps import (
     SENSOR_REFUSAL,
     CappedFactory,
     Network,
+    closesAtAccept,
     fileLimit,
     parseNetworks,
     serverLimits,
@@ -128,6 +129,9 @@ class ServerConfig:
         dashboard's files and the health checks needs a reader's bearer
         token (see C{docs/security.md}); a server with an HTTP side and no
         store (no registry) then refuses to be built. C{"none"}: all open.
+    @ivar fleet: The fleet view's options (states' cadence, rules,
+        webhooks): a L{sensornet.fleet.service.FleetConfig}, or L{None} for
+        the defaults (see C{docs/fleet.md}).
     """
 
     listen: List[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
@@ -152,6 +156,7 @@ class ServerConfig:
     anonymousFrom: str = DEFAULT_ANONYMOUS_FROM
     clientCA: Optional[str] = None
     httpAuth: str = "required"
+    fleet: Any = None
 
 
 class SensorServerService(MultiService):
@@ -238,13 +243,21 @@ class SensorServerService(MultiService):
         self.sensorConnections = CappedFactory(
             self.factory, clock=reactor, metrics=self.metrics, port="sensor", refusal=SENSOR_REFUSAL
         )
+        self.sensorConnections.closeAtAccept = closesAtAccept(config.listen)
         self.listeners: List[ListeningService] = []
         for description in config.listen:
             listener = ListeningService(self._sensorEndpoint(description), self.sensorConnections)
             listener.setServiceParent(self)
             self.listeners.append(listener)
+        self.alerts: Optional[Any] = None
         if config.http is not None:
             self._addWeb(config.http)
+        else:
+            # Rules still notify by webhook; silence needs the query side.
+            from .fleet.service import FleetConfig, addFleet
+
+            self.alerts = addFleet(config.fleet or FleetConfig(), self, None, self.feed, reactor,
+                                   self.metrics.registry)
 
     def _sensorEndpoint(self, description: str) -> IStreamServerEndpoint:
         """
@@ -292,14 +305,20 @@ class SensorServerService(MultiService):
             )
         elif self.config.httpAuth != "none":
             raise ValueError(f"httpAuth must be 'required' or 'none', not {self.config.httpAuth!r}")
+        from .fleet.service import FleetConfig, addFleet, watchFleet
+
+        fleet = self.config.fleet or FleetConfig()
+        self.alerts = addFleet(fleet, self, self.queries, self.feed, self.reactor, self.metrics.registry)
         self.site = makeSite(
             self.queries, self.feed, self.metrics, self.factory.connectedSensors, self.reactor,
-            authenticator=authenticator,
+            authenticator=authenticator, alerts=self.alerts,
         )
+        watchFleet(fleet, self, self.site, self.reactor)
         self._webConnections = OpenConnections(
             self.site, clock=self.reactor, metrics=self.metrics, port="http", refusal=HTTP_REFUSAL,
             openGauge=self.metrics.httpConnectionsOpen,
         )
+        self._webConnections.closeAtAccept = closesAtAccept([description])
         self.web = ListeningService(serverFromString(self.reactor, description), self._webConnections)
         self.web.setServiceParent(self)
 
