@@ -352,3 +352,21 @@ async def test_200000_series_page_with_bounded_bytes_each_visited_once(tmp_path:
         assert summary["series"] == count and sum(summary["states"].values()) == count
     finally:
         await within(h.stop(), reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_series_for_a_rule_come_from_the_store(fleet: WebHarness, reactor: Any):
+    """
+    The query a silence rule runs: series matching its glob (and kind) that
+    sent nothing for more than N of their intervals; never-seen sensors are
+    not silent.
+    """
+    _insertSensor(fleet.storeURL, "barn-never")
+    now = reactor.seconds()
+    found = await within(fleet.queries.silentSeries(now, "barn*", None, 2.5, 100), reactor)
+    assert sorted((s, k) for s, k, _ in found) == sorted(p for p in expectedSeries() if p[0].startswith("barn"))
+    assert all(abs(last - (now - 30)) < 5 for _, _, last in found)
+    assert await within(fleet.queries.silentSeries(now, "barn*", None, 4, 100), reactor) == []
+    found = await within(fleet.queries.silentSeries(now, "*", "humidity", 6, 100), reactor)
+    assert sorted(s for s, _, _ in found) == sorted(p[0] for p in expectedSeries()
+                                                    if p[0].startswith("silo") and p[1] == "humidity")

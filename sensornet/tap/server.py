@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Union, cast
+from typing import TYPE_CHECKING, Optional, Union, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
@@ -16,6 +16,9 @@ from ..identity.auth import DEFAULT_ANONYMOUS_FROM
 from ..protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_JUNK_BUDGET, DEFAULT_MAX_CLOCK_SKEW
 from ..protocol import DEFAULT_MAX_REJECTED_LOG_PER_SECOND
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
+
+if TYPE_CHECKING:
+    from ..fleet.service import FleetConfig
 
 
 class Options(usage.Options):
@@ -32,6 +35,7 @@ class Options(usage.Options):
         "[--max-http-connections N|auto|none] [--max-http-connections-per-address N|none] "
         "[--cap-exempt CIDR[,CIDR]|none] [--anonymous-from CIDR[,CIDR]|none] [--client-ca PATH]"
         " [--http-auth required|none]"
+        " [--expected-interval SECONDS] [--silent-after N] [--rules PATH] [--webhook URL]..."
     )
     longdesc = (
         "Receive sensor readings (seed text, InfluxDB line protocol, Graphite plaintext), store each "
@@ -93,6 +97,14 @@ class Options(usage.Options):
          "'required': every HTTP path but the dashboard's files, /healthz and /readyz needs "
          "'Authorization: Bearer TOKEN' of a reader credential (sensornet sensors add NAME --role reader); "
          "'none': the HTTP side is open to anyone who can reach it. 'required' needs a --store."],
+        ["expected-interval", None, None,
+         "Seconds between a series' readings, for every series (late after 2 intervals without one, "
+         "silent after --silent-after); default: learned from each series' cadence. See docs/fleet.md."],
+        ["silent-after", None, "5",
+         "Expected intervals without a reading after which a series is silent (2 to 1000)."],
+        ["rules", None, None,
+         "TOML file of threshold and silence rules ([[rule]] tables, docs/fleet.md); refused at start "
+         "with the line and the reason if invalid."],
     ]
 
     optFlags = [
@@ -103,6 +115,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["retention-for"] = []
+        self["webhook"] = []
 
     def opt_retention_for(self, rule: str) -> None:
         """
@@ -111,6 +124,12 @@ class Options(usage.Options):
         repeatable, the first matching rule wins.
         """
         self["retention-for"].append(rule)
+
+    def opt_webhook(self, url: str) -> None:
+        """
+        URL (http:// or https://) to POST alerts to as JSON; repeatable.
+        """
+        self["webhook"].append(url)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -194,6 +213,8 @@ class Options(usage.Options):
                 "keeps none: give a --store, or pass --http-auth none to leave the HTTP side open"
             )
 
+        self["fleet"] = _parseFleet(self)
+
     def toConfig(self) -> ServerConfig:
         """
         The parsed options as the L{ServerConfig} the server is built from.
@@ -223,6 +244,7 @@ class Options(usage.Options):
             anonymousFrom=self["anonymous-from"],
             clientCA=self["client-ca"],
             httpAuth=self["http-auth"],
+            fleet=self["fleet"],
         )
 
 
@@ -243,6 +265,42 @@ def _parseSeconds(name: str, text: object, what: str) -> Optional[float]:
     if not 0 <= seconds < math.inf:
         raise usage.UsageError(f"--{name} must be {what}, not {text!r}")
     return seconds
+
+
+def _parseFleet(options: "Options") -> "FleetConfig":
+    """
+    The fleet options (C{--expected-interval}, C{--silent-after},
+    C{--rules}, C{--webhook}) as a L{FleetConfig}; the rules file is read
+    and checked here, so a bad one stops the start.
+    """
+    from ..fleet.rules import Rule, RulesError, loadRules
+    from ..fleet.service import FleetConfig
+    from ..fleet.states import Cadence
+    from ..fleet.webhooks import validateWebhookURL
+
+    expected = _parseSeconds("expected-interval", options["expected-interval"], "a number of seconds > 0")
+    if expected == 0:
+        raise usage.UsageError("--expected-interval must be a number of seconds > 0, not 0")
+    try:
+        silentAfter = float(options["silent-after"])
+        Cadence(expected=expected, silentAfter=silentAfter)
+    except ValueError:
+        raise usage.UsageError(
+            f"--silent-after must be a number of intervals from 2 to 1000, not {options['silent-after']!r}"
+        ) from None
+    rules: "tuple[Rule, ...]" = ()
+    if options["rules"] is not None:
+        try:
+            rules = tuple(loadRules(options["rules"]))
+        except RulesError as e:
+            raise usage.UsageError(f"--rules: {e}")
+    for url in options["webhook"]:
+        try:
+            validateWebhookURL(url)
+        except ValueError as e:
+            raise usage.UsageError(f"--webhook: {e}")
+    return FleetConfig(expectedInterval=expected, silentAfter=silentAfter, rules=rules,
+                       webhooks=tuple(options["webhook"]))
 
 
 def _parseCap(name: str, text: object, allowAuto: bool) -> Union[int, str, None]:
