@@ -372,7 +372,8 @@ class HealthResource(Resource):
 class ReadyResource(Resource):
     """
     C{GET /readyz}: 200 when the store answers a ping within C{timeout}
-    seconds, else 503 with the reason (readiness). A server without a store
+    seconds, else 503 (readiness). Open to anyone, so the answer names no
+    host or error: the reason goes to the log. A server without a store
     is always ready: there is nothing to wait for.
     """
 
@@ -399,7 +400,11 @@ class ReadyResource(Resource):
             return _jsonAnswer(503, {"status": "unavailable", "reason": "the store did not answer the ping"})
 
         def failed(failure: Failure) -> Answer:
-            return _jsonAnswer(503, {"status": "unavailable", "reason": failure.getErrorMessage() or repr(failure.value)})
+            # /readyz is open to anyone: the error (which may name the
+            # database's host) goes to the log, not to the client.
+            _log.warn("readiness check: the store did not answer: {why}",
+                      why=failure.getErrorMessage() or repr(failure.value))
+            return _jsonAnswer(503, {"status": "unavailable", "reason": "the store did not answer"})
 
         return _deliver(request, ping.addCallbacks(answered, failed), "checking the store")
 
