@@ -845,6 +845,10 @@ class SensorProtocol(LineOnlyReceiver):
     def _close(self) -> None:
         self.transport.write(self._closeMessage)
         self.transport.unregisterProducer()
+        # Read again (what comes is dropped: we are closing): over TLS the
+        # close waits for the peer's close_notify, which a paused transport
+        # would never read, leaving the connection to the abort 10 s later.
+        self.transport.resumeProducing()
         self.transport.loseConnection()
 
 
