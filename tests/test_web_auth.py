@@ -344,3 +344,89 @@ async def test_readyz_names_no_host_when_the_store_fails(reactor: Any) -> None:
     assert response.code == 503
     assert b"10.1.2.3" not in body and b"db.internal" not in body
     stub.flush()
+
+
+# -- the demo ------------------------------------------------------------------
+
+
+def test_provision_demo_writes_0600_token_files_and_keeps_valid_ones(tmp_path: Any) -> None:
+    """
+    Each demo sensor and the dashboard reader get a credential and a 0600
+    token file; started again, valid files are kept as they are; a missing
+    file means its credential is rotated (the old token is dead).
+    """
+    import os
+    import stat
+
+    from sensornet.identity.tokens import tokenHash
+    from sensornet.tap.demo import provisionDemo
+
+    url = f"sqlite:{tmp_path / 'demo.db'}"
+    paths = provisionDemo(url, str(tmp_path), ["Sensor1", "Sensor2"])
+    assert {name: os.path.basename(path) for name, path in paths.items()} == {
+        "Sensor1": "Sensor1-token.txt", "Sensor2": "Sensor2-token.txt", "dashboard": "dashboard-token.txt"}
+    tokens = {}
+    for name, path in paths.items():
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        with open(path) as f:
+            tokens[name] = f.read().strip()
+    registry = Registry(url)
+    try:
+        principals = registry.snapshot()[1]
+        assert principals[tokenHash(tokens["dashboard"])].mayRead()
+        assert principals[tokenHash(tokens["Sensor1"])].mayWrite("Sensor1")
+        revision = registry.revision()
+        assert provisionDemo(url, str(tmp_path), ["Sensor1", "Sensor2"]) == paths
+        assert registry.revision() == revision  # nothing changed
+        os.unlink(paths["Sensor2"])
+        provisionDemo(url, str(tmp_path), ["Sensor1", "Sensor2"])
+        with open(paths["Sensor2"]) as f:
+            fresh = f.read().strip()
+        principals = registry.snapshot()[1]
+        assert fresh != tokens["Sensor2"] and principals[tokenHash(fresh)].name == "Sensor2"
+        assert tokenHash(tokens["Sensor2"]) not in principals
+    finally:
+        registry.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_demo_dashboard_token_reads_the_api_and_is_never_logged(reactor: Any, tmp_path: Any) -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from sensornet.tap.demo import DemoConfig, DemoService
+
+    events: List[str] = []
+
+    def observe(event: Dict[str, Any]) -> None:
+        events.append(formatEvent(event) or "")
+
+    config = DemoConfig(
+        ServerConfig(listen=["tcp:0:interface=127.0.0.1"], http="tcp:0:interface=127.0.0.1",
+                     store=f"sqlite:{tmp_path / 'demo.db'}", logReadings=False),
+        clients=[], tokenDirectory=str(tmp_path),
+    )
+    demo = DemoService(config, reactor)
+    globalLogPublisher.addObserver(observe)
+    try:
+        demo.startService()
+        try:
+            web = await within(demo.server.whenWebListening(), reactor)
+            assert demo.server.credentials is not None
+            await within(demo.server.credentials.ready, reactor)
+            token = (tmp_path / "dashboard-token.txt").read_text().strip()
+            http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+            base = f"http://127.0.0.1:{web.getHost().port}"
+            response = await within(http.get(base + "/metrics"), reactor)
+            await within(response.content(), reactor)
+            assert response.code == 401
+            authorized = {b"authorization": [b"Bearer " + token.encode()]}
+            response = await within(http.get(base + "/metrics", headers=authorized), reactor)
+            await within(response.content(), reactor)
+            assert response.code == 200
+        finally:
+            await within(defer.maybeDeferred(demo.stopService), reactor)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    logged = "\n".join(events)
+    assert str(tmp_path / "dashboard-token.txt") in logged
+    assert token not in logged and token[4:20] not in logged

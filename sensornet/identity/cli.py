@@ -35,7 +35,7 @@ from ..store.base import DEFAULT_STORE, StoreUnavailable, parseStoreURL
 from .registry import ROLES, Credential, Registry, RegistryError
 from .tokens import MAX_TOKEN_LENGTH, newToken
 
-__all__ = ["main", "resolveStoreURL", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNAVAILABLE"]
+__all__ = ["main", "resolveStoreURL", "replaceTokenFile", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNAVAILABLE"]
 
 EXIT_OK = 0
 EXIT_REFUSED = 2
@@ -185,6 +185,30 @@ def _newTokenFile(path: str) -> int:
         raise _Refused(f"the token file {path!r} exists already: remove it or name another")
     except OSError as e:
         raise _Refused(f"cannot create the token file {path!r}: {e.strerror}")
+
+
+def replaceTokenFile(path: str, token: str) -> None:
+    """
+    Write C{token} (one line) to C{path}, replacing any file there
+    atomically: a new file of mode 0600 beside it, then renamed over it.
+    The token file of a rotated credential is replaced this way (the demo's
+    files; C{--token-file} never replaces).
+
+    @raise OSError: The file could not be written (nothing replaced).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(token + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
 
 
 def _issue(args: argparse.Namespace, registry: Registry, out: TextIO, err: TextIO) -> None:

@@ -2,12 +2,19 @@
 C{twistd sensornet-demo}: the seed's whole system in one process: a server
 on port 5000 plus its two sensors (temperature every 2 s, humidity every
 3 s), all on one reactor, storing into SQLite.
+
+Still one command with access control on: at start the demo provisions a
+credential for each of its sensors and a C{reader} credential for the
+dashboard, writing each token to a file of mode 0600 in its working
+directory (C{dashboard-token.txt}: paste it into the dashboard's form) and
+logging the file's path, never the token.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, cast
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorTime
@@ -21,6 +28,11 @@ from ..store import redactURL
 
 #: The seed's sensors: (name, kind), each at its kind's own interval.
 SEED_SENSORS = (("Sensor1", "temperature"), ("Sensor2", "humidity"))
+
+#: The reader credential the demo provisions for its dashboard, and the file
+#: (in the demo's token directory) its token is written to.
+DASHBOARD_READER = "dashboard"
+DASHBOARD_TOKEN_FILE = "dashboard-token.txt"
 
 
 class Options(usage.Options):
@@ -61,17 +73,76 @@ class Options(usage.Options):
             ClientConfig(kind=kind, sensor=name, endpoint=f"tcp:host=127.0.0.1:port={port}", seed=self["seed"])
             for name, kind in SEED_SENSORS
         ]
-        return DemoConfig(server, clients)
+        return DemoConfig(server, clients, tokenDirectory="." if self["store"] != "none" else None)
 
 
 @dataclass
 class DemoConfig:
     """
     A demo: one server and the clients that send to it.
+
+    @ivar tokenDirectory: Where L{provisionDemo} writes the token files
+        at start (the working directory, from the command line); L{None}:
+        provision nothing (a demo without a store has no credentials).
     """
 
     server: ServerConfig
     clients: List[ClientConfig] = field(default_factory=list)
+    tokenDirectory: Optional[str] = None
+
+
+def tokenFileName(name: str) -> str:
+    """
+    The file a demo credential's token is written to: C{dashboard-token.txt}
+    for the dashboard's reader, C{NAME-token.txt} for a sensor.
+    """
+    return DASHBOARD_TOKEN_FILE if name == DASHBOARD_READER else f"{name}-token.txt"
+
+
+def provisionDemo(storeURL: str, directory: str, sensors: Sequence[str]) -> Dict[str, str]:
+    """
+    Make sure each of C{sensors} (role C{sensor}) and L{DASHBOARD_READER}
+    (role C{reader}) has a valid credential whose token is in its file in
+    C{directory} (L{tokenFileName}, mode 0600). A file already holding the
+    valid token of its credential is kept (a demo started again keeps its
+    tokens); otherwise the credential is added, or rotated if it exists, and
+    the file replaced. Blocking: for the demo's start only.
+
+    @return: Credential name to the path of its token file.
+    @raise ValueError: A credential of one of these names has another role.
+    @raise StoreUnavailable: The store cannot be reached.
+    """
+    from ..identity.cli import replaceTokenFile
+    from ..identity.registry import Registry
+    from ..identity.tokens import tokenHash
+
+    registry = Registry(storeURL)
+    paths: Dict[str, str] = {}
+    try:
+        _, valid = registry.snapshot()
+        existing = {credential.name: credential for credential in registry.list()}
+        wanted = [(name, "sensor") for name in sensors] + [(DASHBOARD_READER, "reader")]
+        for name, role in wanted:
+            path = os.path.join(directory, tokenFileName(name))
+            paths[name] = path
+            try:
+                with open(path, encoding="ascii") as f:
+                    current = valid.get(tokenHash(f.readline().strip()))
+            except (OSError, UnicodeError):
+                current = None
+            if current is not None and current.name == name and current.role == role:
+                continue
+            credential = existing.get(name)
+            if credential is None:
+                token = registry.add(name, role=role)
+            elif credential.role != role:
+                raise ValueError(f"the store has a {credential.role} credential named {name!r}, not a {role}")
+            else:
+                token = registry.rotate(name)
+            replaceTokenFile(path, token)
+    finally:
+        registry.close()
+    return paths
 
 
 class DemoService(MultiService):
@@ -81,6 +152,8 @@ class DemoService(MultiService):
 
     @ivar server: The L{SensorServerService}.
     @ivar clients: One L{SensorClientService} per client config, in order.
+    @ivar tokenFiles: Credential name to its token file, once started with
+        a C{tokenDirectory} (see L{provisionDemo}).
     """
 
     _log = Logger()
@@ -95,14 +168,20 @@ class DemoService(MultiService):
             client = SensorClientService(clientConfig, reactor)
             client.setServiceParent(self)
             self.clients.append(client)
+        self.tokenFiles: Dict[str, str] = {}
 
     def startService(self) -> None:
+        # Before the server starts, so that its credential cache's first
+        # load already holds the demo's credentials.
+        if self.config.tokenDirectory is not None and self.config.server.store != "none":
+            names = [name for client in self.config.clients for name in client.sensorNames()]
+            self.tokenFiles = provisionDemo(self.config.server.store, self.config.tokenDirectory, names)
         super().startService()
         self._log.info(
             "sensornet demo: server on {listen}; {sensors} connected to it.\n{where}",
             listen=", ".join(self.config.server.listen),
             sensors=" and ".join(_describeSensors(self.config.clients)),
-            where="\n".join(_where(self.config.server)),
+            where="\n".join(_where(self.config.server, self.tokenFiles.get(DASHBOARD_READER))),
         )
 
 
@@ -115,10 +194,17 @@ def _describeSensors(clients: List[ClientConfig]) -> List[str]:
     return described
 
 
-def _where(server: ServerConfig) -> List[str]:
+def _where(server: ServerConfig, dashboardToken: Optional[str] = None) -> List[str]:
     where = []
     if server.http is not None:
         where.append(f"dashboard and API: {dashboardURL(server.http)}  (metrics: /metrics)")
+        if server.httpAuth == "required" and dashboardToken is not None:
+            where.append(
+                f"the dashboard asks for a reader's token: it is in {os.path.abspath(dashboardToken)} "
+                "(also for the API: Authorization: Bearer TOKEN)"
+            )
+        elif server.httpAuth == "none":
+            where.append("HTTP access control is off: anyone who can reach the HTTP port reads everything")
     where.append(f"readings stored in {redactURL(server.store)}")
     where.append("every reading is logged here (twistd --logfile log.txt sensornet-demo keeps a log.txt)")
     return where
