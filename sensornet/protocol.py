@@ -95,7 +95,10 @@ class PauseReason(Names):
     @cvar awaitingCommit: More than L{SensorProtocol.maxPending} of the
         connection's readings wait for their commit.
     @cvar writerOverloaded: The store writer's backlog is over its
-        high-water mark.
+        high-water mark and this connection is one of the heavy senders
+        (see L{SensorServerFactory.writerOverloaded}).
+    @cvar fairShare: This connection sends heavily and waits for its turn
+        to read again (see L{SensorServerFactory.heavySenderSeen}).
     @cvar serverStopping: The server is stopping: it answers what it has and
         reads nothing more.
     """
@@ -103,6 +106,7 @@ class PauseReason(Names):
     sendBufferFull = NamedConstant()
     awaitingCommit = NamedConstant()
     writerOverloaded = NamedConstant()
+    fairShare = NamedConstant()
     serverStopping = NamedConstant()
 
 
@@ -380,6 +384,13 @@ class SensorProtocol(LineOnlyReceiver):
             waiter.callback(None)
 
     @property
+    def pending(self) -> int:
+        """
+        How many of this connection's readings wait for their commit.
+        """
+        return self._pending
+
+    @property
     def closed(self) -> bool:
         """
         Whether the connection is gone.
@@ -569,6 +580,8 @@ class SensorProtocol(LineOnlyReceiver):
             factory.sink.submit(readings).addCallbacks(
                 self._stored, self._notStored, callbackArgs=(chunk,), errbackArgs=(chunk,)
             )
+            if len(readings) >= factory.heavyChunk or factory.writerIsOverloaded:
+                factory.heavySenderSeen(self)
         else:
             chunk.replies = b"".join(slots)
             chunk.done = True
@@ -914,12 +927,37 @@ class SensorServerFactory(Factory):
         go (its peer reading the last replies) before it is aborted.
     @cvar maxSweepInterval: The longest interval, in seconds, between two
         sweeps of the open connections (see L{_sweep}).
+    @cvar heavyChunk: Readings in one chunk (one read from the socket)
+        that make its connection a heavy sender, which then takes turns
+        with the other heavy senders (see L{heavySenderSeen}). A sensor
+        sends one reading at a time; a read of a few hundred lines means a
+        relay or a flood.
+    @cvar heavyTurns: Heavy senders allowed to read once more per reactor
+        iteration: with 64 KiB reads, about four chunks of 1,500 readings,
+        a few milliseconds of parsing, however many heavy senders wait.
+    @cvar fairPending: Readings a connection may have awaiting their commit
+        while the store writer is overloaded before it is paused with the
+        heavy senders (see L{writerOverloaded}).
+    @cvar heavyBacklog: Turns wait while the sink has more readings than
+        this waiting for their commit (its C{backlog}, if it has one): two
+        of the writer's full batches, so it never runs dry, while a
+        sensor's reading queued behind the heavy senders' waits for two
+        commits at most, not for a backlog of a hundred thousand.
+    @cvar turnRetry: Seconds before turns are looked at again when the
+        sink's backlog held them back.
+    @ivar writerIsOverloaded: Whether the store writer said it is
+        overloaded and has not yet said it recovered.
     """
 
     protocol = SensorProtocol  # type: ignore[assignment]
 
     abortAfter = 10.0
     maxSweepInterval = 5.0
+    heavyChunk = 500
+    heavyTurns = 4
+    fairPending = 100
+    heavyBacklog = 10_000
+    turnRetry = 0.002
 
     _log = Logger()
 
@@ -995,7 +1033,14 @@ class SensorServerFactory(Factory):
         self.protocols: Set[SensorProtocol] = set()
         self.paused: Set[SensorProtocol] = set()
         self._sensorConnections: Dict[str, int] = {}
-        self._writerOverloaded = False
+        self.writerIsOverloaded = False
+        # Heavy senders waiting for a turn to read (an insertion-ordered
+        # dict as a FIFO set: a turn each, in order), the call that gives
+        # the next turns, and the connections paused for the overloaded
+        # writer.
+        self._waitingTurn: Dict[SensorProtocol, None] = {}
+        self._turnCall: Optional[IDelayedCall] = None
+        self._heldForWriter: Set[SensorProtocol] = set()
         self._closedFor = {reason: self.metrics.connectionsClosed.labels(reason.value) for reason in CloseReason.iterconstants()}
         self._sweeper: Optional[LoopingCall] = None
         self.access = access
@@ -1016,8 +1061,9 @@ class SensorServerFactory(Factory):
 
     def connectionOpened(self, protocol: SensorProtocol) -> None:
         """
-        C{protocol}'s connection is made; it starts paused while the store
-        writer is overloaded.
+        C{protocol}'s connection is made. It reads even while the store
+        writer is overloaded: it has sent nothing yet, and one that floods
+        is paused after its first heavy chunk.
         """
         self.protocols.add(protocol)
         protocol.connectedAt = protocol.deadlineFrom = protocol.quietSince = self.clock.seconds()
@@ -1026,14 +1072,14 @@ class SensorServerFactory(Factory):
         self.metrics.connections.inc()
         self.metrics.connectionsOpen.inc()
         self._log.info("New connection from {peer}", peer=protocol.peer)
-        if self._writerOverloaded:
-            protocol.pauseReading(PauseReason.writerOverloaded)
 
     def connectionClosed(self, protocol: SensorProtocol) -> None:
         """
         C{protocol}'s connection is gone, and with it its sensors.
         """
         self.protocols.discard(protocol)
+        self._waitingTurn.pop(protocol, None)
+        self._heldForWriter.discard(protocol)
         if protocol in self.paused:
             self.paused.discard(protocol)
             self.metrics.transportsPaused.set(len(self.paused))
@@ -1174,23 +1220,95 @@ class SensorServerFactory(Factory):
             self.paused.discard(protocol)
         self.metrics.transportsPaused.set(len(self.paused))
 
+    # -- fairness: heavy senders take turns ------------------------------------
+
+    def heavySenderSeen(self, protocol: SensorProtocol) -> None:
+        """
+        C{protocol} submitted a chunk of at least L{heavyChunk} readings,
+        or any chunk while the writer is overloaded (called once per such
+        chunk). While the writer is overloaded, a connection with more
+        than L{fairPending} readings awaiting commit is paused until it
+        recovers; otherwise a heavy chunk pauses its connection until its
+        turn comes. Turns are given L{heavyTurns} at a time,
+        in the order the heavy senders asked, once per reactor iteration
+        (and not while the writer is overloaded), so however many
+        connections flood, one iteration parses only a few of their
+        chunks, and a sensor sending a line every few seconds waits at
+        most an iteration or two for its line to be read. A heavy sender
+        alone loses nothing: its turn comes at the next iteration.
+        """
+        if protocol.closed:
+            return
+        if self.writerIsOverloaded:
+            if protocol.pending > self.fairPending and protocol not in self._heldForWriter:
+                self._heldForWriter.add(protocol)
+                protocol.pauseReading(PauseReason.writerOverloaded)
+            return
+        if protocol in self._waitingTurn:
+            return
+        protocol.pauseReading(PauseReason.fairShare)
+        self._waitingTurn[protocol] = None
+        self._scheduleTurns()
+
+    def _scheduleTurns(self) -> None:
+        if self._turnCall is None and self._waitingTurn and not self.writerIsOverloaded:
+            self._turnCall = self.clock.callLater(0, self._giveTurns)
+
+    def _giveTurns(self) -> None:
+        self._turnCall = None
+        if getattr(self.sink, "backlog", 0) > self.heavyBacklog:
+            if not self.writerIsOverloaded:
+                self._turnCall = self.clock.callLater(self.turnRetry, self._giveTurns)
+            return
+        waiting = self._waitingTurn
+        for _ in range(min(self.heavyTurns, len(waiting))):
+            protocol = next(iter(waiting))
+            del waiting[protocol]
+            protocol.resumeReading(PauseReason.fairShare)
+        self._scheduleTurns()
+
     # -- IPressureObserver: told by the store writer ------------------------
 
     def writerOverloaded(self) -> None:
         """
-        The store writer's backlog crossed its high-water mark: stop reading
-        from every connection until it drains.
+        The store writer's backlog crossed its high-water mark: pause the
+        heaviest senders first, those with more than L{fairPending}
+        readings awaiting their commit (then any connection whose readings
+        awaiting commit pass it, at its next chunk), and give no heavy
+        sender a turn; the others (sensors at their cadence) keep reading
+        and keep their acknowledgements flowing. If the backlog comes from
+        many light senders, each is paused once its own readings awaiting
+        commit pass L{fairPending}, which bounds the backlog.
         """
-        self._writerOverloaded = True
-        self._log.warn("Store writer overloaded: pausing {n} connections", n=len(self.protocols))
+        self.writerIsOverloaded = True
+        if self._turnCall is not None:
+            if self._turnCall.active():
+                self._turnCall.cancel()
+            self._turnCall = None
+        limit = self.fairPending
+        held = self._heldForWriter
         for protocol in list(self.protocols):
-            protocol.pauseReading(PauseReason.writerOverloaded)
+            if protocol.pending > limit and protocol not in held and not protocol.closed:
+                held.add(protocol)
+                protocol.pauseReading(PauseReason.writerOverloaded)
+        self._log.warn(
+            "Store writer overloaded: pausing {n} of {total} connections, the heaviest senders",
+            n=len(held), total=len(self.protocols),
+        )
 
     def writerRecovered(self) -> None:
         """
-        The backlog fell below the low-water mark: read again.
+        The backlog fell below the low-water mark: the senders paused for it
+        join the heavy senders' turns (the lightest first), so they come
+        back a few per reactor iteration rather than all in one.
         """
-        self._writerOverloaded = False
-        self._log.info("Store writer caught up: resuming {n} connections", n=len(self.protocols))
-        for protocol in list(self.protocols):
+        self.writerIsOverloaded = False
+        held = sorted(self._heldForWriter, key=lambda protocol: protocol.pending)
+        self._heldForWriter = set()
+        self._log.info("Store writer caught up: {n} heavy senders take turns again", n=len(held))
+        for protocol in held:
+            if protocol not in self._waitingTurn:
+                protocol.pauseReading(PauseReason.fairShare)
+                self._waitingTurn[protocol] = None
             protocol.resumeReading(PauseReason.writerOverloaded)
+        self._scheduleTurns()

@@ -23,7 +23,8 @@ from twisted.python.failure import Failure
 from sensornet.accounting import ChunkAccounting
 from sensornet.metrics import ServerMetrics
 from sensornet.protocol import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_JUNK_BUDGET
-from sensornet.protocol import DEFAULT_MAX_REJECTED_LOG_PER_SECOND, CloseReason, ImmediateSink, SensorServerFactory
+from sensornet.protocol import DEFAULT_MAX_REJECTED_LOG_PER_SECOND, CloseReason, ImmediateSink, PauseReason
+from sensornet.protocol import SensorServerFactory
 from sensornet.server import SensorServerService, ServerConfig
 
 TIMEOUT = 30
@@ -201,10 +202,12 @@ def test_time_paused_by_the_server_is_not_silence():
     greeted = open_(factory, 1)
     greeted.dataReceived(b"t,sensor=a value=1\n")
     fresh = open_(factory, 2)
-    factory.writerOverloaded()
+    for protocol in (greeted, fresh):
+        protocol.pauseReading(PauseReason.writerOverloaded)
     factory.clock.pump([1] * 60)
     assert not greeted.transport.disconnecting and not fresh.transport.disconnecting
-    factory.writerRecovered()
+    for protocol in (greeted, fresh):
+        protocol.resumeReading(PauseReason.writerOverloaded)
     factory.clock.pump([1] * 4)
     assert not fresh.transport.disconnecting
     factory.clock.pump([1] * 4)

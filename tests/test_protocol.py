@@ -261,19 +261,32 @@ def test_rejected_reading_gets_an_error_and_the_others_their_acks():
     ]
 
 
-def test_writer_overload_pauses_every_connection_until_it_recovers():
-    factory, protocol, transport, _, _ = connect()
+def test_writer_overload_pauses_the_heavy_senders_not_the_light_ones():
+    """
+    An overloaded writer pauses the connections with more than
+    C{fairPending} readings awaiting commit; a connection with one reading
+    awaiting keeps reading, and so does one opened while overloaded. When
+    the writer recovers, the paused ones come back through the heavy
+    senders' turns (tests/test_fairness.py).
+    """
+    sink = HeldSink()
+    factory, heavy, transport, clock, _ = connect(sink)
+    heavy.dataReceived(b"".join(b"t,sensor=a value=1,seq=%di\n" % i for i in range(1, 201)))
+    light = factory.buildProtocol(None)
+    lightTransport = StringTransport()
+    light.makeConnection(lightTransport)
+    light.dataReceived(b"t,sensor=b value=1,seq=1i\n")
     factory.writerOverloaded()
     assert transport.producerState == "paused"
+    assert lightTransport.producerState == "producing"
     assert sample(factory, "sensornet_transports_paused") == 1
-    # A connection opened while overloaded starts paused.
     late = factory.buildProtocol(None)
     lateTransport = StringTransport()
     late.makeConnection(lateTransport)
-    assert lateTransport.producerState == "paused"
-    factory.writerRecovered()
-    assert transport.producerState == "producing"
     assert lateTransport.producerState == "producing"
+    factory.writerRecovered()
+    clock.advance(0)
+    assert transport.producerState == "producing"
     assert sample(factory, "sensornet_transports_paused") == 0
 
 
