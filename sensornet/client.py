@@ -10,6 +10,14 @@ bounded outbox overflows, which drops the oldest and counts it. Every
 reading carries a C{seq}, increasing per sensor and starting from the clock
 in microseconds (or past the spool's last seq), so a restarted client never
 reuses a seq that may already be stored and the server can drop resends.
+
+Authentication: with a token (L{ClientConfig.tokenFile}) each connection
+starts with C{auth TOKEN} and sends readings only after C{ok auth NAME}; a
+refusal (C{error auth: refused}) is fatal for that sensor: logged once,
+clearly, and no reconnect follows (a wrong token stays wrong, and retrying
+would only spend the address's tries at the server). With a certificate
+(L{ClientConfig.tlsCertificate}) the connection is TLS and the certificate
+names the sensor.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from .listening import ListeningService
 from .outbox import DEFAULT_OUTBOX_SIZE, Outbox, SpoolOutbox
 from .reading import Reading
 from .simulate import KINDS, Kind, RandomWalk
-from .wire import ACK_PREFIX, ERROR_SEQ_PREFIX, NOT_STORED, REJECTED
+from .wire import ACK_PREFIX, AUTH_COMMAND, AUTH_OK_PREFIX, AUTH_REFUSED, ERROR_SEQ_PREFIX, NOT_STORED, REJECTED
 
 __all__ = [
     "ClientConfig",
@@ -53,6 +61,7 @@ __all__ = [
     "Reply",
     "ReplyKind",
     "serverEndpointString",
+    "readTokenFile",
     "DEFAULT_SERVER",
 ]
 
@@ -97,6 +106,22 @@ def serverEndpointString(server: str) -> str:
     return f"tcp:host={host}:port={port}"
 
 
+def readTokenFile(path: str) -> str:
+    """
+    The token in the file at C{path}: its text without surrounding
+    whitespace (a trailing newline is usual).
+
+    @raise ValueError: The file is empty or holds more than one word (the
+        message never shows the file's content).
+    @raise OSError: The file cannot be read.
+    """
+    with open(path, encoding="utf-8") as f:
+        token = f.read().strip()
+    if not token or len(token.split()) != 1:
+        raise ValueError(f"{path} must hold one token (one word, no spaces)")
+    return token
+
+
 @dataclass
 class ClientConfig:
     """
@@ -121,6 +146,17 @@ class ClientConfig:
         which a connection is presumed dead and replaced.
     @ivar metrics: Server endpoint string to serve the client's Prometheus
         metrics on, or L{None} to export none.
+    @ivar tokenFile: File holding the token every connection authenticates
+        with (C{auth TOKEN}), or L{None}: no C{auth} line (anonymous, or a
+        client certificate). With C{sensors > 1} the token must be a
+        gateway's granted every name.
+    @ivar tlsCertificate: PEM file of the client certificate (whose CN names
+        the sensor) for a TLS connection, or L{None}.
+    @ivar tlsKey: PEM file of its private key (default: C{tlsCertificate}).
+    @ivar tlsCA: PEM file of the CA(s) the server's certificate must chain
+        to; given alone (no certificate), a TLS connection without a client
+        certificate. L{None} with neither: the connection is as
+        C{endpoint} says.
     """
 
     kind: str
@@ -134,6 +170,10 @@ class ClientConfig:
     ackTimeout: float = 10.0
     deadTimeout: float = 30.0
     metrics: Optional[str] = None
+    tokenFile: Optional[str] = None
+    tlsCertificate: Optional[str] = None
+    tlsKey: Optional[str] = None
+    tlsCA: Optional[str] = None
 
     def sensorNames(self) -> List[str]:
         """
@@ -204,6 +244,10 @@ def parseReply(line: bytes) -> Reply:
     return Reply(ReplyKind.other, None, text)
 
 
+_AUTH_OK = AUTH_OK_PREFIX.encode("ascii")
+_AUTH_REFUSED = AUTH_REFUSED.rstrip(b"\n")
+
+
 class SensorClientProtocol(LineOnlyReceiver):
     """
     The client end of a sensor connection: writes lines, hands every reply
@@ -217,14 +261,33 @@ class SensorClientProtocol(LineOnlyReceiver):
     # For abortConnection, which ITCPTransport declares; the tls: and unix:
     # transports have it too.
     transport: ITCPTransport
+    # Whether the auth line was sent and its answer has not come yet.
+    _authenticating = False
 
     def connectionMade(self) -> None:
-        self.sensor.connected(self)
+        token = self.sensor.token
+        if token is None:
+            self.sensor.connected(self)
+            return
+        # Readings wait for "ok auth": sent before it, a refusal would be
+        # the only reply to all of them.
+        self._authenticating = True
+        self.transport.write(f"{AUTH_COMMAND} {token}\n".encode("utf-8"))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.sensor.disconnected(self)
 
     def lineReceived(self, line: bytes) -> None:
+        if self._authenticating:
+            text = line.rstrip(b"\r")
+            if text.startswith(_AUTH_OK):
+                self._authenticating = False
+                self.sensor.connected(self)
+                return
+            if text == _AUTH_REFUSED:
+                self._authenticating = False
+                self.sensor.authenticationRefused(self)
+                return
         self.sensor.replyReceived(parseReply(line))
 
     def sendLines(self, lines: List[bytes]) -> None:
@@ -268,6 +331,9 @@ class SimulatedSensor(MultiService):
     @ivar metrics: The L{ClientMetrics} it counts into: shared by every sensor
         of a L{SensorClientService}; a private, unexported set when none is
         given.
+    @ivar token: The token each connection authenticates with, or L{None}.
+    @ivar refused: Whether the server refused the credential: the sensor
+        then stops (no reconnect, no more readings).
     """
 
     _log = Logger()
@@ -286,8 +352,11 @@ class SimulatedSensor(MultiService):
         deadTimeout: float = 30.0,
         metrics: Optional[ClientMetrics] = None,
         retryPolicy: Optional[Callable[[int], float]] = None,
+        token: Optional[str] = None,
     ) -> None:
         super().__init__()
+        self.token = token
+        self.refused = False
         self.name: str = name  # type: ignore[assignment]
         self.kindName = kindName
         self.kind = kind
@@ -418,6 +487,27 @@ class SimulatedSensor(MultiService):
         )
         self.sendDue()
 
+    def authenticationRefused(self, protocol: SensorClientProtocol) -> None:
+        """
+        The server answered the C{auth} line with C{error auth: refused}:
+        the token is unknown, revoked or rotated away. Fatal for this
+        sensor: say so once, stop producing and stop reconnecting.
+        """
+        self.refused = True
+        self._log.critical(
+            "{sensor}: the server {peer} refused this sensor's credential (error auth: refused); "
+            "not reconnecting. Check the token file and the sensor's registration "
+            "(sensornet sensors list / rotate).",
+            sensor=self.name, peer=protocol.transport.getPeer(),
+        )
+        if self.loop.running:
+            self.loop.stop()
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        # Stops the reconnects and closes this connection.
+        self.connector.stopService()
+
     def disconnected(self, protocol: SensorClientProtocol) -> None:
         if self.protocol is protocol:
             self.protocol = None
@@ -469,6 +559,7 @@ class SensorClientService(MultiService):
         if config.kind not in KINDS:
             raise ValueError(f"unknown kind {config.kind!r}: expected one of " + ", ".join(sorted(KINDS)))
         self.config = config
+        self.token = readTokenFile(config.tokenFile) if config.tokenFile is not None else None
         self.metrics = ClientMetrics()
         self.metricsListener: Optional[ListeningService] = None
         if config.metrics is not None:
@@ -498,7 +589,7 @@ class SensorClientService(MultiService):
             name,
             config.kind,
             KINDS[config.kind],
-            clientFromString(reactor, config.endpoint),
+            clientEndpoint(reactor, config),
             reactor,
             interval=config.interval,
             rng=rng,
@@ -506,6 +597,7 @@ class SensorClientService(MultiService):
             ackTimeout=config.ackTimeout,
             deadTimeout=config.deadTimeout,
             metrics=self.metrics,
+            token=self.token,
         )
         sensor.setServiceParent(self)
         return sensor
@@ -520,3 +612,37 @@ class SensorClientService(MultiService):
         if self.metricsListener is None:
             raise RuntimeError("this client exports no metrics (config.metrics is None)")
         return self.metricsListener.whenListening()
+
+
+def clientEndpoint(reactor: IReactorTime, config: ClientConfig) -> IStreamClientEndpoint:
+    """
+    The endpoint a sensor of C{config} connects with: C{config.endpoint};
+    with C{tlsCertificate} or C{tlsCA}, TLS over it, presenting the
+    certificate and checking the server's against the CA (the host name of
+    C{endpoint} is the name the server's certificate must bear).
+
+    @raise ValueError: TLS asked for over an endpoint without a host.
+    @raise OSError: A certificate or key file cannot be read.
+    """
+    endpoint = clientFromString(reactor, config.endpoint)
+    if config.tlsCertificate is None and config.tlsCA is None:
+        return endpoint
+    from twisted.internet.endpoints import wrapClientTLS
+    from twisted.internet.ssl import PrivateCertificate, optionsForClientTLS
+
+    from .identity.tls import endpointArguments, loadAuthorities
+
+    positional, keywords = endpointArguments(config.endpoint)
+    host = keywords.get("host", positional[1] if len(positional) > 1 else "")
+    if not host:
+        raise ValueError(f"TLS needs a host name in the server endpoint: {config.endpoint!r}")
+    clientCertificate = None
+    if config.tlsCertificate is not None:
+        with open(config.tlsCertificate, "rb") as f:
+            pem = f.read()
+        with open(config.tlsKey or config.tlsCertificate, "rb") as f:
+            pem += b"\n" + f.read()
+        clientCertificate = PrivateCertificate.loadPEM(pem)
+    trustRoot = loadAuthorities(config.tlsCA) if config.tlsCA is not None else None
+    options = optionsForClientTLS(host, trustRoot=trustRoot, clientCertificate=clientCertificate)
+    return wrapClientTLS(options, endpoint)

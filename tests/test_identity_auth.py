@@ -547,3 +547,92 @@ def test_failure_limiter_refills_and_stays_bounded():
     limiter.failed("10.9.9.9")
     assert len(limiter) == 2
     assert not limiter.blocked("10.0.0.1")  # forgotten: the least recent
+
+
+# -- the client ------------------------------------------------------------------
+
+
+def writeToken(directory: Any, token: str) -> str:
+    path = os.path.join(str(directory), "token.txt")
+    with open(path, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_client_authenticates_with_its_token_file(reactor, sqlite_store, tmp_path):
+    """
+    C{sensornet-client --token-file}: every connection starts with C{auth},
+    readings follow C{ok auth} and are stored as the sensor, on a server
+    that takes no anonymous writes.
+    """
+    from sensornet.client import ClientConfig, SensorClientService
+
+    tokens = yield threads.deferToThread(provision, sqlite_store, "A")
+    service, port = yield startServer(reactor, sqlite_store, anonymousFrom="none")
+    client = SensorClientService(
+        ClientConfig(
+            kind="temperature", sensor="A", endpoint=f"tcp:host=127.0.0.1:port={port}", interval=0.05,
+            tokenFile=writeToken(tmp_path, tokens["A"]),
+        ),
+        reactor,
+    )
+    client.startService()
+    try:
+        yield waitFor(reactor, lambda: (client.metrics.acksReceived._value.get() or 0) >= 5)
+        assert sample(service, "sensornet_auth_successes_total", {"method": "token"}) == 1
+    finally:
+        yield client.stopService()
+        yield service.stopService()
+    rows = yield threads.deferToThread(stored, sqlite_store, "A")
+    assert len(rows) >= 5
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_refused_client_stops_instead_of_reconnecting(reactor, sqlite_store, tmp_path):
+    """
+    A token the server refuses is fatal for the sensor: one connection,
+    one failure at the server, a critical log line, no reconnect storm.
+    """
+    from sensornet.client import ClientConfig, SensorClientService
+
+    events: List[dict] = []
+    from twisted.logger import globalLogPublisher
+
+    globalLogPublisher.addObserver(events.append)
+    service, port = yield startServer(reactor, sqlite_store, anonymousFrom="none")
+    client = SensorClientService(
+        ClientConfig(
+            kind="temperature", sensor="A", endpoint=f"tcp:host=127.0.0.1:port={port}", interval=0.05,
+            tokenFile=writeToken(tmp_path, newToken()),
+        ),
+        reactor,
+    )
+    client.startService()
+    try:
+        sensor = client.sensors[0]
+        yield waitFor(reactor, lambda: sensor.refused)
+        yield task.deferLater(reactor, 1.5, lambda: None)
+        assert sensor.connections == 0  # never got past "auth"
+        assert sample(service, "sensornet_auth_failures_total", {"reason": "invalid"}) == 1
+        assert sample(service, "sensornet_connections_total") == 1
+        assert any("refused this sensor's credential" in (e.get("log_format") or "") for e in events)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        yield client.stopService()
+        yield service.stopService()
+
+
+def test_client_options_check_the_token_file(tmp_path):
+    from twisted.python import usage
+
+    from sensornet.tap.client import Options
+
+    options = Options()
+    with pytest.raises(usage.UsageError, match="--token-file"):
+        options.parseOptions(["--kind", "temperature", "--token-file", str(tmp_path / "missing")])
+    path = writeToken(tmp_path, newToken())
+    options = Options()
+    options.parseOptions(["--kind", "temperature", "--token-file", path])
+    assert options.toConfig().tokenFile == path

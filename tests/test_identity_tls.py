@@ -247,3 +247,37 @@ def test_certificate_names_are_the_cn_then_the_dns_sans(pki):
     key, certificate = issue(pki["ca"], "device 17", ("B", "device 17", "C"))
     assert certificateNames(certificate) == ["device 17", "B", "C"]
     assert certificateNames(pki["clients"]["A"].original) == ["A"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_client_connects_with_its_certificate(reactor, sqlite_store, pki, tmp_path):
+    """
+    C{sensornet-client --cert --key --ca}: TLS to the server, the
+    certificate names the sensor, readings are acknowledged and stored.
+    """
+    from sensornet.client import ClientConfig, SensorClientService
+
+    from test_identity_auth import waitFor
+
+    yield threads.deferToThread(provision, sqlite_store, "A")
+    service, port = yield startTLSServer(reactor, sqlite_store, pki)
+    key, certificate = pki["raw"]["A"]
+    (tmp_path / "a.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "a.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    client = SensorClientService(
+        ClientConfig(
+            kind="temperature", sensor="A", endpoint=f"tcp:host=localhost:port={port}", interval=0.05,
+            tlsCertificate=str(tmp_path / "a.crt"), tlsKey=str(tmp_path / "a.key"), tlsCA=pki["caPEM"],
+        ),
+        reactor,
+    )
+    client.startService()
+    try:
+        yield waitFor(reactor, lambda: (client.metrics.acksReceived._value.get() or 0) >= 3)
+    finally:
+        yield client.stopService()
+        yield service.stopService()
+    rows = yield threads.deferToThread(stored, sqlite_store, "A")
+    assert len(rows) >= 3

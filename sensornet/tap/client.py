@@ -4,6 +4,7 @@ C{twistd sensornet-client}: options and L{makeService} for simulated sensors.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Optional, cast
 
@@ -20,7 +21,10 @@ class Options(usage.Options):
     The client's command line; see C{twistd sensornet-client --help}.
     """
 
-    synopsis = "--kind temperature|humidity [--server HOST[:PORT]|ENDPOINT] [--interval S] [--sensor NAME]"
+    synopsis = (
+        "--kind temperature|humidity [--server HOST[:PORT]|ENDPOINT] [--interval S] [--sensor NAME] "
+        "[--token-file PATH] [--cert PATH --key PATH] [--ca PATH]"
+    )
     longdesc = (
         "Simulated sensors: each sends one reading per interval (InfluxDB line protocol with a seq), "
         "keeps it until the server acknowledges it, and reconnects by itself."
@@ -40,6 +44,13 @@ class Options(usage.Options):
         ["spool", None, None, "SQLite file keeping the outbox on disk, so readings survive a client restart."],
         ["ack-timeout", None, 10.0, "Seconds before an unacknowledged reading is sent again.", float],
         ["metrics", None, None, "Endpoint to serve this client's Prometheus metrics on (e.g. tcp:9101)."],
+        ["token-file", None, None,
+         "File holding the sensor's token (from 'sensornet sensors add NAME --token-file PATH'): each "
+         "connection starts with 'auth TOKEN'; a refusal stops the sensor. Never pass a token on the "
+         "command line."],
+        ["cert", None, None, "PEM client certificate (CN = the sensor's name): connect with TLS and present it."],
+        ["key", None, None, "PEM private key of --cert (default: the --cert file)."],
+        ["ca", None, None, "PEM CA certificate(s) the server's certificate must chain to (TLS)."],
     ]
 
     def postOptions(self) -> None:
@@ -57,6 +68,20 @@ class Options(usage.Options):
             raise usage.UsageError("--outbox-size must be at least 1")
         if self["sensor"] is None:
             self["sensor"] = f"{socket.gethostname().split('.')[0]}-{self['kind']}"
+        if self["token-file"] is not None:
+            from ..client import readTokenFile
+
+            try:
+                readTokenFile(self["token-file"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--token-file: {e}")
+        if self["key"] is not None and self["cert"] is None:
+            raise usage.UsageError("--key needs --cert")
+        if (self["cert"] or self["ca"]) and not self["endpoint"].startswith(("tcp:", "tcp6:")):
+            raise usage.UsageError("--cert/--ca need --server as HOST[:PORT] or a tcp: endpoint (TLS goes over it)")
+        for name in ("cert", "key", "ca"):
+            if self[name] is not None and not os.path.isfile(self[name]):
+                raise usage.UsageError(f"--{name}: no such file: {self[name]}")
 
     def toConfig(self) -> ClientConfig:
         """
@@ -73,6 +98,10 @@ class Options(usage.Options):
             spool=self["spool"] or None,
             ackTimeout=self["ack-timeout"],
             metrics=self["metrics"] or None,
+            tokenFile=self["token-file"],
+            tlsCertificate=self["cert"],
+            tlsKey=self["key"],
+            tlsCA=self["ca"],
         )
 
 
