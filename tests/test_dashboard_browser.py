@@ -171,7 +171,7 @@ def chromium(viewport: Dict[str, int], seen: Dict[str, Any]) -> Iterator[Any]:
             page.on("console", lambda m: seen["console"].append(f"{m.type}: {m.text}")
                     if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: seen["console"].append(f"pageerror: {e}"))
-            page.on("requestfailed", lambda r: seen["console"].append(f"requestfailed: {r.url}")
+            page.on("requestfailed", lambda r: seen["console"].append(f"requestfailed: {r.url} {r.failure}")
                     if "/api/stream" not in r.url else None)
             page.set_default_timeout(30000)
             yield page
@@ -324,7 +324,9 @@ def browseFleet(url: str, harness: WebHarness, reactor: Any) -> Dict[str, Any]:
         page.click("#back")
         page.wait_for_function(
             "() => !document.getElementById('list-view').hidden && location.hash === '#q=greenhouse' && "
-            "document.querySelector('#rows tr')?.dataset.sensor === 'greenhouse-1'"
+            "document.querySelector('#rows tr')?.dataset.sensor === 'greenhouse-1' && "
+            # The rows shown before the detail view stay until the refreshed page arrives.
+            "document.querySelector('#rows tr .value').textContent === '27.75 °C'"
         )
         seen["afterBack"] = page.evaluate(ROWS_JS)
         seen["sameDocument"] = page.evaluate("() => window.__sameDocument === true")
@@ -447,3 +449,117 @@ async def test_dashboard_retries_a_stream_the_server_refused(tmp_path: Path, rea
     assert "refused" in seen["refusedText"]
     assert refused is not None and refused >= 1
     assert seen["liveAfterRetry"] is True
+
+
+def browseWithToken(url: str, harness: WebHarness, reactor: Any, tokens: Dict[str, str]) -> Dict[str, Any]:
+    """
+    Runs in a thread: the page against a site that wants a reader's token.
+    A wrong token, then the right one; the table, a series' live stream and
+    a reload with it; then the server stops taking it and the form returns.
+    """
+    def commit(readings: List[Reading]) -> None:
+        blockingCallFromThread(reactor, lambda: defer.ensureDeferred(harness.store(readings)))
+
+    good = tokens["good"]
+    seen: Dict[str, Any] = {"requests": []}
+    with chromium({"width": 1100, "height": 800}, seen) as page:
+        page.on("request", lambda r: seen["requests"].append(
+            (r.url, r.headers.get("authorization"))) if "/api/" in r.url else None)
+        page.goto(url, wait_until="load")
+        page.wait_for_function("() => !document.getElementById('auth').hidden")
+        seen["formFirst"] = {
+            "errorHidden": page.is_hidden("#auth-error"),
+            "focused": page.evaluate("() => document.activeElement.id"),
+            "mainHidden": page.is_hidden("#main"),
+            "rows": page.locator("#rows tr").count(),
+        }
+        page.screenshot(path=str(ARTIFACTS / "dashboard-token.png"))
+        # A token the server does not take: asked again, saying so.
+        page.fill("#auth-token", tokens["wrong"])
+        page.press("#auth-token", "Enter")
+        page.wait_for_function("() => !document.getElementById('auth').hidden && "
+                               "!document.getElementById('auth-error').hidden")
+        seen["storedAfterWrong"] = page.evaluate("() => sessionStorage.length")
+        page.fill("#auth-token", good)
+        page.click("#auth-form button[type=submit]")
+        page.wait_for_function(
+            "() => document.getElementById('auth').hidden && document.querySelectorAll('#rows tr').length === 2 && "
+            "document.querySelector('[data-count=\"series\"]').textContent === '2'")
+        seen["forms"] = page.locator("form#auth-form").count()
+        seen["stored"] = page.evaluate("() => Object.values(sessionStorage)")
+        seen["mark"] = len(seen["requests"])
+        # One series, live: its stream carries the token too.
+        page.click("#rows tr[data-sensor='greenhouse-1'] a")
+        page.wait_for_function("() => document.getElementById('detail-live').dataset.state === 'live' && "
+                               "document.getElementById('chart').dataset.loaded === 'true' && "
+                               "document.getElementById('detail-interval').textContent !== '–'")
+        now = reactor.seconds()
+        commit([Reading("greenhouse-1", "temperature", 31.5, "C", ts=now, seq=48, dialect="native",
+                        peer="127.0.0.1:4000", received_at=now)])
+        page.wait_for_function("() => document.getElementById('detail-value').textContent === '31.50'")
+        # A reload keeps the token for this tab: no form.
+        page.reload(wait_until="load")
+        page.wait_for_function("() => document.getElementById('chart').dataset.loaded === 'true' && "
+                               "document.getElementById('detail-live').dataset.state === 'live'")
+        seen["formAfterReload"] = page.is_visible("#auth")
+        seen["urls"] = [page.url] + page.evaluate("() => [location.href, document.title]")
+        # The server stops taking the token (revoked): the form comes back.
+        blockingCallFromThread(reactor, tokens.__setitem__, "good", "")
+        page.click("#back")
+        page.wait_for_function("() => !document.getElementById('auth').hidden && "
+                               "!document.getElementById('auth-error').hidden")
+        seen["storedAfterRevoked"] = page.evaluate("() => sessionStorage.length")
+    return seen
+
+
+@pytest.mark.timeout(180)
+@pytest_twisted.ensureDeferred
+async def test_dashboard_asks_for_a_reader_token_and_sends_it_only_in_a_header(tmp_path: Path, reactor: Any):
+    """
+    Against a site that wants a reader's token: the page loads, every API
+    call's 401 shows one form (focused, the rest of the page hidden); a wrong
+    token brings it back saying it was refused; the right one is kept in
+    sessionStorage and sent as C{Authorization: Bearer ...} on every request
+    after it, the live stream's included (a reading arrives); a reload needs
+    no form; when the server stops taking the token the form returns and the
+    token is forgotten. The token is never in an address, the title or the
+    console. Screenshot: test-artifacts/dashboard-token.png.
+    """
+    requirePlaywright()
+    from sensornet.identity.registry import Principal
+    from sensornet.identity.tokens import newToken
+    from sensornet.web.auth import BearerAuthenticator
+
+    tokens = {"good": newToken(), "wrong": newToken()}
+    good = tokens["good"]
+    reader = Principal("wall-screen", "reader")
+
+    def verify(token: str) -> Any:
+        return reader if tokens["good"] and token == tokens["good"] else None
+
+    harness = WebHarness(tmp_path, reactor, authenticator=BearerAuthenticator(verify))
+    await within(harness.start(), reactor)
+    try:
+        now = reactor.seconds()
+        await within(harness.store(greenhouseHistory(now) + _series("cellar-1", "humidity", "%", now - 60, 70, 0)),
+                     reactor)
+        seen = await within(
+            threads.deferToThread(browseWithToken, harness.url + "/", harness, reactor, tokens), reactor, 150)
+    finally:
+        await within(harness.stop(), reactor)
+
+    # Chromium reports every 401 answer on the console; nothing else may be there.
+    assert [c for c in seen["console"] if "401" not in c] == []
+    assert not any(good in c for c in seen["console"])
+    assert seen["formFirst"] == {"errorHidden": True, "focused": "auth-token", "mainHidden": True, "rows": 0}
+    assert seen["storedAfterWrong"] == 0
+    assert seen["forms"] == 1
+    assert seen["stored"] == [good]
+    after = seen["requests"][seen["mark"]:]
+    assert after, "no API request after the token was given"
+    assert {header for _, header in after} == {f"Bearer {good}"}
+    assert any("/api/stream?" in u for u, _ in after)
+    assert not any(good in u for u, _ in seen["requests"])
+    assert not any(good in u for u in seen["urls"])
+    assert seen["formAfterReload"] is False
+    assert seen["storedAfterRevoked"] == 0

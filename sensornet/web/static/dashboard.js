@@ -169,7 +169,7 @@
       const promise = new Promise((r) => { resolve = r; });
       tokenWanted = { promise, resolve };
       el.auth.hidden = false;
-      el.main.inert = true;
+      el.main.hidden = true; // nothing to show or reach until then
       setStatus("auth", "token needed");
       el.authToken.focus();
     }
@@ -184,7 +184,7 @@
     el.authToken.value = "";
     el.auth.hidden = true;
     el.authError.hidden = true;
-    el.main.inert = false;
+    el.main.hidden = false;
     el.forget.hidden = false;
     setStatus("connecting", "connecting…");
     const wanted = tokenWanted;
@@ -195,6 +195,12 @@
   let memoryToken = null;
   const currentToken = () => storedToken() || memoryToken;
 
+  // Reads an error answer's (small) body to its end: cancelling it instead
+  // would count as an aborted request.
+  async function drain(response) {
+    try { await response.arrayBuffer(); } catch (e) { /* gone: nothing to read */ }
+  }
+
   // fetch() with the token; a 401 asks for one and tries again.
   async function apiFetch(url, options) {
     for (;;) {
@@ -203,7 +209,7 @@
       if (token) headers.set("Authorization", "Bearer " + token);
       const response = await fetch(url, Object.assign({}, options, { headers, cache: "no-store" }));
       if (response.status !== 401) return response;
-      if (response.body) response.body.cancel().catch(() => {});
+      await drain(response);
       if (token && memoryToken === token) memoryToken = null;
       await askForToken(token);
     }
@@ -212,7 +218,7 @@
   async function getJSON(url, signal) {
     const response = await apiFetch(url, { headers: { Accept: "application/json" }, signal });
     if (!response.ok) {
-      if (response.body) response.body.cancel().catch(() => {});
+      await drain(response);
       throw new HTTPError(url, response.status);
     }
     return response.json();
@@ -761,7 +767,7 @@
         if (signal.aborted) return;
       }
       if (response && !response.ok) {
-        if (response.body) response.body.cancel().catch(() => {});
+        await drain(response);
         setLive("error", response.status === 503 ? "live updates refused (server busy): retrying in 30 s" : "no live updates (HTTP " + response.status + ")");
         await sleep(STREAM_RETRY_MS, signal);
         broken = true;
