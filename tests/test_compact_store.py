@@ -511,3 +511,22 @@ def test_bounded_expiry_in_steps_equals_one_unbounded_pass(store_url, tmp_path) 
             assert stepped[name][0] == [1000]
     finally:
         store.close()
+
+
+def test_a_series_with_and_without_seqs_up_to_the_largest_compacts(store_url) -> None:
+    """
+    One series holding a reading without a seq and one with the largest
+    seq a line may carry (2**63 - 1): their seq step is 2**63, which a
+    64-bit delta once could not hold, so one sender could stop compaction
+    for every series. It compacts, and reads back the same.
+    """
+    store = openStore(store_url)
+    try:
+        store.write([reading("edge", None, value=1.0, ts=NOW - 100), reading("edge", 2**63 - 1, value=2.0, ts=NOW - 50)])
+        before = allReadings(store, sensor="edge")
+        assert compactAll(store) == 2
+        assert store.fleetStats()["fresh_readings"] == 0
+        assert allReadings(store, sensor="edge") == before
+        assert sorted(r["seq"] for r in before if r["seq"] is not None) == [2**63 - 1]
+    finally:
+        store.close()

@@ -28,6 +28,8 @@ from __future__ import annotations
 import struct
 import sys
 import zlib
+from itertools import accumulate, groupby, repeat
+from operator import add, mod, sub, xor
 from array import array
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -195,19 +197,30 @@ def _header(data: bytes, expected: int) -> Tuple[int, int]:
     return kind, n
 
 
+_INT64_LOW, _INT64_HIGH = -(2**63), 2**63 - 1
+
+
+def _wrap(values: List[int]) -> List[int]:
+    """
+    C{values} taken modulo 2**64 into the signed 64-bit range, when any is
+    outside it (a seq column holding both L{NO_SEQ} and a seq near 2**63
+    has a step of 2**63).
+    """
+    if values and (min(values) < _INT64_LOW or max(values) > _INT64_HIGH):
+        return [(v + 2**63) % 2**64 - 2**63 for v in values]
+    return values
+
+
 def _delta(values: List[int]) -> List[int]:
     if not values:
         return []
-    return [values[0]] + [b - a for a, b in zip(values, values[1:])]
+    return _wrap([values[0]] + list(map(sub, values[1:], values)))
 
 
 def _undelta(deltas: List[int]) -> List[int]:
-    out = []
-    total = 0
-    for d in deltas:
-        total += d
-        out.append(total)
-    return out
+    # Every value encoded was in the signed 64-bit range, so wrapping the
+    # running sums gives each back, steps that wrapped included.
+    return _wrap(list(accumulate(deltas)))
 
 
 def _shuffle(raw: bytes, width: int) -> bytes:
@@ -233,8 +246,8 @@ def encodeBlock(columns: Columns, level: int = 6) -> bytes:
     """
     n = len(columns.ids)
     bits = _unpack("q", _pack("d", columns.values))
-    xored = [bits[0]] + [a ^ b for a, b in zip(bits, bits[1:])] if bits else []
-    lag = [r - t for r, t in zip(columns.received, columns.ts)]
+    xored = [bits[0]] + list(map(xor, bits[1:], bits)) if bits else []
+    lag = list(map(sub, columns.received, columns.ts))
     parts = (
         _shuffle(_pack("q", _delta(columns.ids)), 8),
         _shuffle(_pack("q", _delta(columns.ts)), 8),
@@ -270,15 +283,10 @@ def decodeBlock(data: bytes) -> Columns:
     ids = _undelta(_unpack("q", take(8)))
     ts = _undelta(_unpack("q", take(8)))
     seqs = _undelta(_unpack("q", take(8)))
-    xored = _unpack("q", take(8))
-    bits = []
-    previous = 0
-    for x in xored:
-        previous ^= x
-        bits.append(previous)
+    bits = list(accumulate(_unpack("q", take(8)), xor))
     values = _unpack("d", _pack("q", bits))
     lag = _unpack("q", take(8))
-    received = [t + d for t, d in zip(ts, lag)]
+    received = list(map(add, ts, lag))
     origins = _unpack("i", take(4))
     return Columns(ids, ts, seqs, values, received, origins)
 
@@ -308,24 +316,50 @@ def rollups(columns: Columns, width: int) -> Dict[int, Rollup]:
     """
     The readings of C{columns} folded into buckets C{width} microseconds
     wide, keyed by each bucket's start (a multiple of C{width}).
+
+    The work is per run of readings in one bucket (C{min}, C{max}, C{sum}
+    over slices, in C), not per reading: a compacted series is in time
+    order, so a bucket is usually one run. A bucket met again later (readings
+    out of order) is merged into what it holds, in storage order.
     """
+    ts = columns.ts
+    values = columns.values
     acc: Dict[int, List] = {}
-    for t, v in zip(columns.ts, columns.values):
-        bucket = t - t % width
+    start = 0
+    for bucket, run in groupby(list(map(sub, ts, map(mod, ts, repeat(width))))):
+        end = start + len(list(run))
+        vs = values[start:end]
+        stamps = ts[start:end]
+        lastTs = max(stamps)
+        # The last of the run's readings at its greatest time.
+        last = vs[len(stamps) - 1 - stamps[::-1].index(lastTs)]
         row = acc.get(bucket)
         if row is None:
-            acc[bucket] = [1, v, v, v, t, v]
-            continue
-        row[0] += 1
-        if v < row[1]:
-            row[1] = v
-        if v > row[2]:
-            row[2] = v
-        row[3] += v
-        if t >= row[4]:
-            row[4] = t
-            row[5] = v
+            acc[bucket] = [end - start, min(vs), max(vs), _sum(vs), lastTs, last]
+        else:
+            row[0] += end - start
+            row[1] = min(row[1], min(vs))
+            row[2] = max(row[2], max(vs))
+            row[3] = _sum(vs, row[3])
+            if lastTs >= row[4]:
+                row[4] = lastTs
+                row[5] = last
+        start = end
     return {bucket: Rollup(*row) for bucket, row in acc.items()}
+
+
+def _sum(values: List[float], start: float = 0.0) -> float:
+    """
+    C{values} added one after the other to C{start}: the same sum whether
+    readings are folded one by one or a run at a time (C{sum} of floats
+    since Python 3.12 compensates rounding, which would not be).
+    """
+    if sys.version_info < (3, 12):
+        return sum(values, start)
+    total = start
+    for v in values:
+        total += v
+    return total
 
 
 def mergeRollup(old: Optional[Rollup], new: Rollup) -> Rollup:

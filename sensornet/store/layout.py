@@ -55,6 +55,7 @@ __all__ = [
     "summaryRows",
     "CompactionPlan",
     "compact",
+    "wholeSeries",
     "toMicroseconds",
     "fromMicroseconds",
     "assembleReadings",
@@ -375,6 +376,29 @@ def _splitBySpan(columns: Columns) -> List[Columns]:
         windows.append(ordered.slice(start, end))
         start = end
     return windows
+
+
+def wholeSeries(rows: List[Any], limit: int) -> Tuple[List[Any], int]:
+    """
+    Of fresh rows (id, series, ...) read in series order, C{limit} at most,
+    those to compact now and the series the next read starts after.
+
+    A series' pending rows are compacted together, so they make one block
+    per hour and not a small block per call (the per-block work, rollups
+    and encoding, is most of what compaction costs): the last series of a
+    full read, perhaps cut short, is left whole for the next; a series that
+    fills a read alone is taken and continued by the next. A short read
+    reached the end: the next starts over (0).
+    """
+    if len(rows) < limit:
+        return rows, 0
+    last = rows[-1][1]
+    if rows[0][1] == last:
+        return rows, last - 1
+    kept = list(rows)
+    while kept[-1][1] == last:
+        kept.pop()
+    return kept, kept[-1][1]
 
 
 def compact(fresh: Iterable[Tuple[int, bytes]], level: int = 6) -> CompactionPlan:

@@ -68,6 +68,7 @@ from .layout import (
     freshRows,
     fromMicroseconds,
     planBatch,
+    wholeSeries,
     retentionRules,
     rollupTable,
     summaryRows,
@@ -183,8 +184,11 @@ WHERE series IN (SELECT id FROM series WHERE sensor = %(sensor)s) AND seq0 <= %(
 
 # -- compaction --------------------------------------------------------------
 
+# Whole series at a time (sensornet.store.layout.wholeSeries), through the
+# (series, t1) index.
 _TAKE_FRESH = (
-    "SELECT id, series, data FROM fresh WHERE id <= %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+    "SELECT id, series, data FROM fresh WHERE series > %s AND id <= %s ORDER BY series, t1 LIMIT %s "
+    "FOR UPDATE SKIP LOCKED"
 )
 
 # Rows arrive ordered by (series, bucket), so concurrent compactors update
@@ -328,6 +332,8 @@ class PostgreSQLStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: Optional[psycopg.Connection[Any]] = None
+        # The compactor's place: the last series a call finished.
+        self._compactCursor = 0
         self._forget()
         # Read side: series id to (sensor, kind), origin id to (unit, peer,
         # dialect). Only ever filled from committed rows.
@@ -812,7 +818,10 @@ class PostgreSQLStore(Store):
                 cursor = conn.cursor(binary=True)
                 # Rows another compactor holds are skipped: it compacts
                 # them.
-                rows = cursor.execute(_TAKE_FRESH, (upTo, limit)).fetchall()
+                rows = cursor.execute(_TAKE_FRESH, (self._compactCursor, upTo, limit)).fetchall()
+                if not rows and self._compactCursor:
+                    rows = cursor.execute(_TAKE_FRESH, (0, upTo, limit)).fetchall()
+                rows, self._compactCursor = wholeSeries(rows, limit)
                 if not rows:
                     return 0
                 plan = compact([(series, data) for _, series, data in rows])

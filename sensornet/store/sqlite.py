@@ -50,6 +50,7 @@ from .layout import (
     freshRows,
     fromMicroseconds,
     planBatch,
+    wholeSeries,
     retentionRules,
     rollupTable,
     summaryRows,
@@ -398,6 +399,8 @@ class SQLiteStore(Store):
         self._token = os.urandom(8).hex()
         self._seriesNames: Dict[int, Tuple[str, str]] = {}
         self._originNames: Dict[int, Tuple[str, str, str]] = {}
+        # The compactor's place: the last series a call finished.
+        self._compactCursor = 0
         self._forget()
 
     # -- the checkpointer's health -----------------------------------------
@@ -890,9 +893,7 @@ class SQLiteStore(Store):
         try:
             # Read and merge outside the write lock: writers go on meanwhile
             # (they never change a fresh row once written).
-            rows = db.execute(
-                "SELECT id, series, data FROM fresh WHERE id <= ? ORDER BY id LIMIT ?", (upTo, limit)
-            ).fetchall()
+            rows = self._takeFresh(db, upTo, limit)
             if not rows:
                 return 0
             plan = compact([(series, data) for _, series, data in rows])
@@ -916,6 +917,20 @@ class SQLiteStore(Store):
         except (sqlite3.Error, OverflowError) as e:
             raise classify(e) from e
         return plan.readings
+
+    def _takeFresh(self, db: sqlite3.Connection, upTo: int, limit: int) -> List[Tuple[int, int, bytes]]:
+        """
+        Up to C{limit} fresh rows with ids up to C{upTo}, whole series at a
+        time in series order (L{wholeSeries}), resuming after the series
+        the last call finished.
+        """
+        query = ("SELECT id, series, data FROM fresh WHERE series > ? AND id <= ? "
+                 "ORDER BY series, t1 LIMIT ?")
+        rows = db.execute(query, (self._compactCursor, upTo, limit)).fetchall()
+        if not rows and self._compactCursor:
+            rows = db.execute(query, (0, upTo, limit)).fetchall()
+        rows, self._compactCursor = wholeSeries(rows, limit)
+        return rows
 
     #: Free pages (of deleted fresh rows) kept for reuse, as a share of the
     #: file, before the compactor gives the rest back to the file system.
