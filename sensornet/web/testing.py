@@ -10,7 +10,7 @@ who wants a dashboard over a throw-away SQLite store.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Set
 
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -39,6 +39,9 @@ class WebHarness:
         tests change it freely.
     @ivar authenticator: The site's guard (L{sensornet.web.auth}), or
         L{None} for an open site.
+    @ivar alerts: The rules engine behind C{/api/alerts} and the alert counts
+        of C{/api/fleet} (L{sensornet.fleet.rules.RulesEngine}; the caller
+        subscribes it to C{feed}), or L{None}.
     """
 
     def __init__(
@@ -47,10 +50,12 @@ class WebHarness:
         reactor: IReactorTime,
         storeURL: Optional[str] = None,
         authenticator: Optional["BearerAuthenticator"] = None,
+        alerts: Optional[Any] = None,
     ) -> None:
         self.storeURL = storeURL or f"sqlite:{directory / 'readings.sqlite3'}"
         self.reactor = reactor
         self.authenticator = authenticator
+        self.alerts = alerts
         self.metrics = ServerMetrics()
         self.feed = LiveFeed()
         self.connected: Set[str] = set()
@@ -71,7 +76,7 @@ class WebHarness:
         await self.writer.whenOpen()
         self.queries.startService()
         self.site = makeSite(self.queries, self.feed, self.metrics, lambda: self.connected, self.reactor,
-                             authenticator=self.authenticator)
+                             alerts=self.alerts, authenticator=self.authenticator)
         self._port = await TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(self.site)
         self.url = f"http://127.0.0.1:{self._port.getHost().port}"  # type: ignore[union-attr]
         return self
