@@ -559,7 +559,8 @@ class SensorClientService(MultiService):
         if config.kind not in KINDS:
             raise ValueError(f"unknown kind {config.kind!r}: expected one of " + ", ".join(sorted(KINDS)))
         self.config = config
-        self.token = readTokenFile(config.tokenFile) if config.tokenFile is not None else None
+        # Read at start (see startService): a demo writes the file just then.
+        self.token: Optional[str] = None
         self.metrics = ClientMetrics()
         self.metricsListener: Optional[ListeningService] = None
         if config.metrics is not None:
@@ -597,10 +598,23 @@ class SensorClientService(MultiService):
             ackTimeout=config.ackTimeout,
             deadTimeout=config.deadTimeout,
             metrics=self.metrics,
-            token=self.token,
         )
         sensor.setServiceParent(self)
         return sensor
+
+    def startService(self) -> None:
+        """
+        Read the token file, if any (so a process given a missing or empty
+        one fails at start, loudly), then start the sensors.
+
+        @raise OSError: The token file cannot be read.
+        @raise ValueError: It holds no token, or more than one word.
+        """
+        if self.config.tokenFile is not None:
+            self.token = readTokenFile(self.config.tokenFile)
+            for sensor in self.sensors:
+                sensor.token = self.token
+        super().startService()
 
     def whenMetricsListening(self) -> "Deferred[IListeningPort]":
         """

@@ -69,11 +69,20 @@ class Options(usage.Options):
             # against: such a demo's HTTP side is open (and says so).
             httpAuth="none" if self["store"] == "none" and http is not None else "required",
         )
+        tokenDirectory = "." if self["store"] != "none" else None
+        # With a store, each sensor authenticates with the token the demo
+        # provisions for it at start (see provisionDemo), as a real one would.
         clients = [
-            ClientConfig(kind=kind, sensor=name, endpoint=f"tcp:host=127.0.0.1:port={port}", seed=self["seed"])
+            ClientConfig(
+                kind=kind,
+                sensor=name,
+                endpoint=f"tcp:host=127.0.0.1:port={port}",
+                seed=self["seed"],
+                tokenFile=os.path.join(tokenDirectory, tokenFileName(name)) if tokenDirectory is not None else None,
+            )
             for name, kind in SEED_SENSORS
         ]
-        return DemoConfig(server, clients, tokenDirectory="." if self["store"] != "none" else None)
+        return DemoConfig(server, clients, tokenDirectory=tokenDirectory)
 
 
 @dataclass
