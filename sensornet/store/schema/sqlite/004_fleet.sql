@@ -1,0 +1,6 @@
+-- sensornet schema, version 4, SQLite: the fleet view's name order.
+-- Nothing to add: SQLite compares names with BINARY (code point order for
+-- UTF-8), so the UNIQUE index on sensors.name already serves the
+-- /api/sensors name order and prefix ranges. (PostgreSQL's 004 adds an
+-- index in COLLATE "C" for the same.) The file keeps the two backends'
+-- versions numbered alike.
