@@ -201,6 +201,26 @@ INKED_JS = """() => {
 }"""
 
 
+ALERTS_JS = """() => [...document.querySelectorAll('#alert-list li')].map(li => ({
+    state: li.dataset.state, text: li.textContent, href: li.querySelector('a').getAttribute('href'),
+}))"""
+
+#: Two threshold rules (sensornet.fleet.rules), for the alerts panel.
+RULES = """
+[[rule]]
+name = "plant too hot"
+sensor = "plant-*"
+kind = "temperature"
+above = 40
+
+[[rule]]
+name = "greenhouse too hot"
+sensor = "greenhouse-*"
+kind = "temperature"
+above = 25
+"""
+
+
 def rangeIs(page: Any, text: str) -> None:
     page.wait_for_function("t => document.getElementById('range-text').textContent === t", arg=text)
 
@@ -226,6 +246,10 @@ def browseFleet(url: str, harness: WebHarness, reactor: Any) -> Dict[str, Any]:
             "#counts [data-count]", "ns => Object.fromEntries(ns.map(n => [n.dataset.count, n.textContent]))")
         seen["kinds"] = page.eval_on_selector_all(
             "#kinds tbody tr", "trs => trs.map(tr => [...tr.children].map(c => c.textContent))")
+        page.wait_for_function("() => !document.getElementById('alerts').hidden && "
+                               "document.querySelectorAll('#alert-list li').length === 1")
+        seen["alertsFirst"] = page.evaluate(ALERTS_JS)
+        seen["alertCounts"] = page.text_content("#alert-counts")
         seen["firstPage"] = page.evaluate(ROWS_JS)
         seen["rangeFirst"] = page.text_content("#range-text")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -328,6 +352,9 @@ def browseFleet(url: str, harness: WebHarness, reactor: Any) -> Dict[str, Any]:
             # The rows shown before the detail view stay until the refreshed page arrives.
             "document.querySelector('#rows tr .value').textContent === '27.75 °C'"
         )
+        # The live reading broke a rule: the alerts panel says so at once.
+        page.wait_for_function("() => document.querySelectorAll('#alert-list li').length === 2")
+        seen["alertsAfter"] = page.evaluate(ALERTS_JS)
         seen["afterBack"] = page.evaluate(ROWS_JS)
         seen["sameDocument"] = page.evaluate("() => window.__sameDocument === true")
     return seen
@@ -343,19 +370,29 @@ async def test_dashboard_overview_table_and_detail_over_thousands_of_series(tmp_
     by glob, filters by state and sorts by name and by last seen; a row opens
     from the keyboard on one series' chart (24 h of minute buckets, 1 h of
     raw readings, 7 d, 90 d and 1 y of hour buckets), where a reading
-    committed during the test arrives live. No console errors. Screenshots:
+    committed during the test arrives live and, over a rule's threshold,
+    shows in the alerts panel beside the one already firing. No console
+    errors. Screenshots:
     test-artifacts/dashboard-overview.png and dashboard-detail.png.
     """
     requirePlaywright()
+    from sensornet.fleet.rules import RulesEngine, parseRules
+
     fleet = Fleet(live=1000, late=600, silent=400, never=25)
     now = reactor.seconds()
     readings = fleetReadings(now, fleet.live - 1, fleet.late, fleet.silent) + greenhouseHistory(now)
     never = [f"spare-{i:02d}" for i in range(fleet.never)]
     path = tmp_path / "readings.sqlite3"
     await within(threads.deferToThread(storeFleet, f"sqlite:{path}", path, readings, never), reactor, 120)
-    harness = WebHarness(tmp_path, reactor)
+    engine = RulesEngine(parseRules(RULES), reactor)
+    harness = WebHarness(tmp_path, reactor, alerts=engine)
+    harness.feed.subscribe(engine.readingsCommitted)
     await within(harness.start(), reactor)
     try:
+        # A live plant's reading over its rule's threshold: one alert firing.
+        await within(harness.store([Reading("plant-0000", "temperature", 41.25, "C", ts=now + 1, seq=6,
+                                            dialect="native", peer="127.0.0.1:4000", received_at=now + 1)]),
+                     reactor)
         seen = await within(threads.deferToThread(browseFleet, harness.url + "/", harness, reactor), reactor, 240)
     finally:
         await within(harness.stop(), reactor)
@@ -398,6 +435,12 @@ async def test_dashboard_overview_table_and_detail_over_thousands_of_series(tmp_
     assert [r["sensor"] for r in seen["afterBack"]] == ["greenhouse-1"]
     assert seen["afterBack"][0]["value"] == "27.75 °C"
     assert seen["sameDocument"] is True
+    assert seen["alertCounts"] == "(1 firing)"
+    assert [a["state"] for a in seen["alertsFirst"]] == ["firing"]
+    assert "plant-0000 · temperature plant too hot (41.25)" in seen["alertsFirst"][0]["text"]
+    assert seen["alertsFirst"][0]["href"] == "#sensor=plant-0000&kind=temperature&range=24h"
+    assert [a["state"] for a in seen["alertsAfter"]] == ["firing", "firing"]
+    assert any("greenhouse-1 · temperature greenhouse too hot (27.75)" in a["text"] for a in seen["alertsAfter"])
     for name in ("dashboard-overview.png", "dashboard-detail.png"):
         assert (ARTIFACTS / name).stat().st_size > 20000
 

@@ -881,6 +881,7 @@
     document.title = "sensornet · fleet";
     loadPage();
     loadFleet();
+    loadAlerts();
     const row = [...el.rows.children].find((tr) => tr.dataset.sensor === sensor && tr.dataset.kind === kind);
     if (row) row.querySelector("a").focus();
   }
