@@ -7,7 +7,6 @@ seen in /api/alerts, /api/fleet, /metrics and by a real webhook receiver.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from sensornet.reading import Reading
 from sensornet.server import SensorServerService, ServerConfig
 from sensornet.tap.server import Options
 
+from test_openapi import SPEC, schemaValidator
 from test_web_api import getJSON, httpClient, within
 from test_webhooks import Receiver, until
 
@@ -105,6 +105,8 @@ async def test_a_server_fires_and_resolves_a_rule_and_posts_both(tmp_path: Path,
             "value": 45.0}
         _, alerts = await getJSON(reactor, url + "/api/alerts")
         assert [(a["rule"], a["state"]) for a in alerts["alerts"]] == [("hot greenhouse", "firing")]
+        alertSchema = SPEC["paths"]["/api/alerts"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        schemaValidator(alertSchema).validate(alerts)
         _, fleet = await getJSON(reactor, url + "/api/fleet")
         assert fleet["alerts"] == {"pending": 0, "firing": 1}
         # The summary may be up to a second old (the gauges' first refresh
@@ -124,7 +126,7 @@ async def test_a_server_fires_and_resolves_a_rule_and_posts_both(tmp_path: Path,
         assert (receiver.bodies[1]["state"], receiver.bodies[1]["previous"]) == ("resolved", "firing")
         _, alerts = await getJSON(reactor, url + "/api/alerts")
         assert [a["state"] for a in alerts["alerts"]] == ["resolved"]
-        assert json.loads(json.dumps(alerts))  # plain JSON
+        schemaValidator(alertSchema).validate(alerts)
     finally:
         await within(server.stopService(), reactor)
         await hook.stopListening()
