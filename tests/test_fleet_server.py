@@ -130,3 +130,27 @@ async def test_a_server_fires_and_resolves_a_rule_and_posts_both(tmp_path: Path,
     finally:
         await within(server.stopService(), reactor)
         await hook.stopListening()
+
+
+def test_twistd_refuses_to_start_with_a_bad_rules_file(tmp_path: Path):
+    """
+    The installed server, started by twistd with a rules file holding a
+    typo, exits at once with the file, the line and the reason, and
+    listens on nothing.
+    """
+    import os
+    import subprocess
+    import sys
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES + "abvoe = 3\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+         "sensornet-server", "--listen", "tcp:0:interface=127.0.0.1", "--http", "none",
+         "--store", f"sqlite:{tmp_path / 'db.sqlite3'}", "--rules", str(rules)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"--rules: {rules}, line 7: unknown key 'abvoe' in a rule" in result.stdout + result.stderr
+    assert not (tmp_path / "db.sqlite3").exists()
