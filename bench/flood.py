@@ -84,9 +84,11 @@ def sensor(port: int, seconds: float, interval: float, timeout: float, firstSeq:
     """
     One well-behaved sensor for C{seconds}: a reading every C{interval} s,
     each waiting for its ack. Returns (latencies in seconds, timeouts,
-    next seq).
+    next seq, the seconds since the start at which each was sent).
     """
     latencies: List[float] = []
+    sentAts: List[float] = []
+    start = time.monotonic()
     timeouts = 0
     seq = firstSeq
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
@@ -109,11 +111,12 @@ def sensor(port: int, seconds: float, interval: float, timeout: float, firstSeq:
             buffered = buffered.split(want, 1)[1]
             latency = time.monotonic() - sentAt
             latencies.append(latency)
+            sentAts.append(sentAt - start)
             if latency > timeout:
                 timeouts += 1
             seq += 1
             nextSend = max(sentAt + interval, time.monotonic())
-    return latencies, timeouts, seq
+    return latencies, timeouts, seq, sentAts
 
 
 def percentile(values: List[float], q: float) -> float:
@@ -138,8 +141,9 @@ def measure(name: str, tree: str, args: argparse.Namespace, workdir: str, pinnin
         if serverCores:
             os.sched_setaffinity(server.pid, serverCores)
         waitPort(port)
-        latencies, timeouts, seq = sensor(port, args.quiet, args.interval, args.timeout, 1)
-        rows.append(dict(name=name, phase="alone", latencies=latencies, timeouts=timeouts, flood=0))
+        latencies, timeouts, seq, _ = sensor(port, args.quiet, args.interval, args.timeout, 1)
+        rows.append(dict(name=name, phase="alone", latencies=latencies, timeouts=timeouts, flood=0,
+                         steady=latencies))
         flooders = subprocess.Popen(
             [sys.executable, __file__, "--flood-port", str(port), "--flooders", str(args.flooders),
              "--seconds", str(args.seconds)],
@@ -148,10 +152,14 @@ def measure(name: str, tree: str, args: argparse.Namespace, workdir: str, pinnin
         )
         # Let the flood build up before the sensor starts measuring.
         time.sleep(1.0)
-        latencies, timeouts, seq = sensor(port, args.seconds - 2.0, args.interval, args.timeout, seq)
+        latencies, timeouts, seq, sentAts = sensor(port, args.seconds - 2.0, args.interval, args.timeout, seq)
         out, _ = flooders.communicate(timeout=args.seconds + 60)
+        # From the fourth second of the flood on (the sensor starts one
+        # second in): what is left once the first chunk of every flooder,
+        # read before anything can tell it floods, has been dealt with.
+        steady = [lat for lat, at in zip(latencies, sentAts) if at >= 2.0]
         rows.append(dict(name=name, phase=f"{args.flooders} flooding", latencies=latencies, timeouts=timeouts,
-                         flood=int(out.strip() or 0)))
+                         flood=int(out.strip() or 0), steady=steady))
     finally:
         stopServer(server)
     return rows
@@ -192,12 +200,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"store {args.store}; one sensor every {args.interval} s; {args.flooders} connections flooding "
           f"without reading for {args.seconds:g} s; pinned apart: {pinning[0] is not None}")
     print(f"{'server':<16} {'phase':<14} {'acks':>6} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} "
-          f"{'>' + format(args.timeout, 'g') + ' s':>6} {'flood sent':>11}")
+          f"{'>' + format(args.timeout, 'g') + ' s':>6} {'p99 from 3 s':>13} {'flood sent':>11}")
     for row in rows:
         lat = row["latencies"]
         print(f"{row['name']:<16} {row['phase']:<14} {len(lat):>6} {percentile(lat, 0.5) * 1e3:>9.1f} "
               f"{percentile(lat, 0.99) * 1e3:>9.1f} {max(lat, default=float('nan')) * 1e3:>9.1f} "
-              f"{row['timeouts']:>6} {row['flood']:>11,}")
+              f"{row['timeouts']:>6} {percentile(row['steady'], 0.99) * 1e3:>13.1f} {row['flood']:>11,}")
     flooded = [row for row in rows if row["flood"]]
     if len(flooded) == 2:
         before, after = (percentile(row["latencies"], 0.99) for row in flooded)

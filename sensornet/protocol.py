@@ -865,6 +865,21 @@ class SensorProtocol(LineOnlyReceiver):
         self.transport.loseConnection()
 
 
+def _setSendBuffer(transport: Any, size: int) -> None:
+    """
+    Set the send buffer of the socket under C{transport} to C{size} bytes,
+    if it has a socket (not a StringTransport, nor a TLS transport over a
+    memory BIO without one).
+    """
+    import socket
+
+    try:
+        handle = transport.getHandle()
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except (AttributeError, OSError, TypeError):
+        pass
+
+
 def _checkTimeout(name: str, seconds: Optional[float]) -> None:
     """
     @raise ValueError: C{seconds} is neither L{None} nor a finite number
@@ -945,6 +960,16 @@ class SensorServerFactory(Factory):
         commits at most, not for a backlog of a hundred thousand.
     @cvar turnRetry: Seconds before turns are looked at again when the
         sink's backlog held them back.
+    @cvar sendBufferSize: The kernel send buffer of each connection's
+        socket, in bytes (Linux doubles it), or L{None} to leave the
+        kernel's own, which grows to megabytes. This bounds what a peer
+        that sends fast and never reads its replies can have in flight:
+        once this buffer, the peer's receive buffer and the transport's
+        own 64 KiB hold its acknowledgements, the transport pauses the
+        connection (L{PauseReason.sendBufferFull}), after some tens of
+        thousands of readings instead of hundreds of thousands. 64 KiB
+        holds about 12,000 acknowledgements: 120,000 a second over a
+        100 ms round trip, more than one relay sends.
     @ivar writerIsOverloaded: Whether the store writer said it is
         overloaded and has not yet said it recovered.
     """
@@ -957,6 +982,7 @@ class SensorServerFactory(Factory):
     heavyTurns = 4
     fairPending = 100
     heavyBacklog = 10_000
+    sendBufferSize: Optional[int] = 65536
     turnRetry = 0.002
 
     _log = Logger()
@@ -1063,9 +1089,12 @@ class SensorServerFactory(Factory):
         """
         C{protocol}'s connection is made. It reads even while the store
         writer is overloaded: it has sent nothing yet, and one that floods
-        is paused after its first heavy chunk.
+        is paused after its first heavy chunk. Its socket's send buffer is
+        set to L{sendBufferSize}.
         """
         self.protocols.add(protocol)
+        if self.sendBufferSize is not None:
+            _setSendBuffer(protocol.transport, self.sendBufferSize)
         protocol.connectedAt = protocol.deadlineFrom = protocol.quietSince = self.clock.seconds()
         if self._sweeper is None:
             self._startSweeping()
