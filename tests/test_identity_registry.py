@@ -324,3 +324,28 @@ def test_a_registry_survives_its_connection_being_dropped(registry: Registry) ->
     registry.add("a")
     registry.close()
     assert [c.name for c in registry.list()] == ["a"]
+
+
+def test_a_lost_postgresql_connection_is_unavailable_once_then_made_again(postgresql_db: str) -> None:
+    """
+    The server ends the registry's session (a failover, an idle timeout):
+    the next call says the store is unavailable, the one after connects
+    again, so a cache polling it recovers by itself.
+    """
+    from sensornet.store import StoreUnavailable
+
+    registry = Registry(postgresql_db)
+    try:
+        registry.add("lab-1")
+        before = registry.revision()
+        ended = query(
+            postgresql_db,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'sensornet-registry'",
+        )
+        assert ended == [(True,)]
+        with pytest.raises(StoreUnavailable):
+            registry.revision()
+        assert registry.revision() == before
+        assert [c.name for c in registry.list()] == ["lab-1"]
+    finally:
+        registry.close()

@@ -209,7 +209,10 @@ class _Backend:
     def transaction(self, write: bool) -> Iterator[Callable[..., List[Tuple[Any, ...]]]]:
         """
         Run the body in one transaction; it gets C{execute(sql, params)}
-        returning all rows. SQL is written with C{?} placeholders.
+        returning all rows. SQL is written with C{?} placeholders. A read
+        (C{write=False}) body runs ONE statement, which is its own snapshot:
+        no transaction block is opened for it (a cache polls every second:
+        one round trip, not three).
         """
         raise NotImplementedError()
         yield  # pragma: no cover
@@ -251,9 +254,12 @@ class _SQLite(_Backend):
             return db.execute(sql, params).fetchall()
 
         try:
+            if not write:
+                yield execute
+                return
             # IMMEDIATE takes the write lock up front (waiting the busy
-            # timeout for a writer); a read transaction is one WAL snapshot.
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            # timeout for a writer).
+            db.execute("BEGIN IMMEDIATE")
             try:
                 yield execute
                 db.execute("COMMIT")
@@ -310,6 +316,9 @@ class _PostgreSQL(_Backend):
             return cursor.fetchall() if cursor.description is not None else []
 
         try:
+            if not write:
+                yield execute
+                return
             with conn.transaction():
                 yield execute
         except psycopg.OperationalError as e:
