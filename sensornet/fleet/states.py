@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Dict, Optional, Tuple
 
 __all__ = [
@@ -111,7 +112,7 @@ class Cadence:
         keeps them; L{None} for a series with nothing stored. Integer
         arithmetic, as the SQL form's, so both agree to the microsecond.
         """
-        p = self.sqlParameters(0.0)
+        p = self._constants
         if not count or lastSeen is None:
             return None
         if p["fixed"] >= 0:
@@ -130,13 +131,19 @@ class Cadence:
         interval = self.intervalMicros(count, firstSeen, lastSeen)
         if interval is None or lastSeen is None:
             return NEVER
-        p = self.sqlParameters(0.0)
-        age = (now - lastSeen) * 1000
-        if age <= p["late_milli"] * interval:
+        p = self._constants
+        # As the SQL form: thresholds in whole microseconds, rounded down.
+        age = now - lastSeen
+        if age <= p["late_milli"] * interval // 1000:
             return LIVE
-        if age <= p["silent_milli"] * interval:
+        if age <= p["silent_milli"] * interval // 1000:
             return LATE
         return SILENT
+
+    @cached_property
+    def _constants(self) -> Dict[str, int]:
+        # The parameters but now, computed once (a page asks per row).
+        return self.sqlParameters(0.0)
 
     def interval(self, count: int, firstSeen: Optional[float], lastSeen: Optional[float]) -> Optional[float]:
         """
