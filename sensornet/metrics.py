@@ -87,6 +87,10 @@ class ServerMetrics:
             "(missing, malformed, invalid, not_ready).",
             ["reason"], registry=r,
         )
+        # Every reason exported from the start (at 0), so a rate() over it
+        # has a series before the first refusal.
+        for reason in ("missing", "malformed", "invalid", "not_ready"):
+            self.httpUnauthorized.labels(reason=reason)
         self.rejectedLinesUnlogged = Counter(
             "sensornet_rejected_lines_unlogged",
             "Refused lines not logged one by one (past the per-chunk cap or the per-second limit).",
