@@ -606,3 +606,58 @@ async def test_dashboard_asks_for_a_reader_token_and_sends_it_only_in_a_header(t
     assert not any(good in u for u in seen["urls"])
     assert seen["formAfterReload"] is False
     assert seen["storedAfterRevoked"] == 0
+
+
+def browseWithout(url: str) -> Dict[str, Any]:
+    """
+    Runs in a thread: the page against a site without the fleet summary,
+    sparklines and alerts; on a narrow screen.
+    """
+    seen: Dict[str, Any] = {}
+    with chromium({"width": 700, "height": 900}, seen) as page:
+        page.goto(url, wait_until="load")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#rows tr').length === 2 && "
+            "!document.getElementById('overview-missing').hidden && "
+            "document.getElementById('sensors').classList.contains('no-trend')")
+        # The alerts panel starts hidden and stays so after its 404.
+        page.wait_for_function("() => performance.getEntriesByType('resource')"
+                               ".some(e => e.name.endsWith('/api/alerts') && e.responseEnd > 0)")
+        seen["visible"] = {name: page.is_visible(name) for name in ("#counts", "#kinds", "#alerts", "#trend-head",
+                                                                    "#rows tr .trend", "#rows tr .name a")}
+        seen["rows"] = page.evaluate(ROWS_JS)
+        seen["wide"] = page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-narrow.png"), full_page=True)
+    return seen
+
+
+@pytest.mark.timeout(120)
+@pytest_twisted.ensureDeferred
+async def test_dashboard_hides_what_the_server_does_not_offer(tmp_path: Path, reactor: Any):
+    """
+    A server without C{/api/fleet}, C{/api/sparklines} and C{/api/alerts}
+    (404, as before the fleet API): the page still lists the series, says
+    that there is no fleet summary, and hides the counts, the alerts panel
+    and the trend column; on a narrow screen nothing scrolls sideways.
+    Screenshot: test-artifacts/dashboard-narrow.png.
+    """
+    requirePlaywright()
+    harness = WebHarness(tmp_path, reactor)
+    await within(harness.start(), reactor)
+    api = harness.site.resource.children[b"api"]  # type: ignore[union-attr]
+    for name in (b"fleet", b"sparklines", b"alerts"):
+        del api.children[name]
+    try:
+        now = reactor.seconds()
+        await within(harness.store(greenhouseHistory(now) + _series("cellar-1", "humidity", "%", now - 60, 70, 0)),
+                     reactor)
+        seen = await within(threads.deferToThread(browseWithout, harness.url + "/"), reactor, 100)
+    finally:
+        await within(harness.stop(), reactor)
+    # Chromium reports each 404 answer on the console; nothing else may be there.
+    assert [c for c in seen["console"] if "404" not in c] == []
+    assert seen["visible"] == {"#counts": False, "#kinds": False, "#alerts": False, "#trend-head": False,
+                               "#rows tr .trend": False, "#rows tr .name a": True}
+    assert [(r["sensor"], r["value"]) for r in seen["rows"]] == [("cellar-1", f"{70 + 1.5 * math.sin(5):.2f} %"),
+                                                                ("greenhouse-1", "22.04 °C")]
+    assert seen["wide"] is False

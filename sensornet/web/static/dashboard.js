@@ -50,7 +50,7 @@
 
   const $ = (id) => document.getElementById(id);
   const el = {
-    status: $("status"), zone: $("zone"), forget: $("forget-token"),
+    status: $("status"), updated: $("updated"), zone: $("zone"), forget: $("forget-token"),
     auth: $("auth"), authForm: $("auth-form"), authToken: $("auth-token"), authError: $("auth-error"),
     main: $("main"), listView: $("list-view"), detail: $("detail"),
     counts: $("counts"), overviewMissing: $("overview-missing"), kinds: $("kinds"),
@@ -137,9 +137,13 @@
     node.title = d.toLocaleString();
   }
 
+  // The status is a live region: it changes only when the state does, so a
+  // screen reader is not told "updated" every few seconds; the time of the
+  // last refresh goes beside it, outside the region.
   function setStatus(kind, text) {
     el.status.dataset.state = kind;
-    el.status.textContent = text;
+    if (el.status.textContent !== text) el.status.textContent = text;
+    el.updated.textContent = "";
   }
 
   // ---- HTTP with a reader token -----------------------------------------
@@ -441,7 +445,8 @@
     list.total = body.total;
     list.capped = Boolean(body.total_capped);
     renderRows();
-    setStatus("live", "updated " + clockText(serverNow(), true));
+    setStatus("live", "up to date");
+    el.updated.textContent = "at " + clockText(serverNow(), true);
     el.table.dataset.loaded = "true";
     markPainted("table");
     loadSparklines(false);
