@@ -51,9 +51,12 @@ __all__ = [
     "CappedFactory",
     "ConnectionLimits",
     "Network",
+    "closesAtAccept",
     "defaultLimits",
     "fileLimit",
+    "overcommitted",
     "parseNetworks",
+    "serverLimits",
 ]
 
 #: The value of a total cap that is derived from the open-file limit.
@@ -365,6 +368,26 @@ class CappedFactory(WrappingFactory):
                 return None
             return _Refused(self, b"")
         return _Refused(self, self.refusal)
+
+
+def overcommitted(sensor: Optional[int], http: Optional[int], limit: Optional[int]) -> Optional[str]:
+    """
+    Why caps of C{sensor} and C{http} connections in all (L{None}: no cap)
+    can run a process with an open-file limit of C{limit} out of
+    descriptors, or L{None} if they cannot: their sum must leave the
+    reserve free.
+    """
+    if limit is None:
+        return None
+    reserve = min(_MAX_RESERVE, limit // 4)
+    if sensor is None or http is None:
+        return f"a port without a total cap can use every one of the {limit} descriptors this process may open"
+    if sensor + http > limit - reserve:
+        return (
+            f"{sensor} sensor and {http} HTTP connections leave less than the reserve of {reserve} of the "
+            f"{limit} descriptors this process may open"
+        )
+    return None
 
 
 def closesAtAccept(descriptions: Iterable[str]) -> bool:

@@ -36,6 +36,7 @@ from .caps import (
     Network,
     closesAtAccept,
     fileLimit,
+    overcommitted,
     parseNetworks,
     serverLimits,
 )
@@ -391,6 +392,9 @@ class SensorServerService(MultiService):
             sensor=sensor.total, sensorPer=sensor.perAddress, http=http.total if self.web else "-",
             httpPer=http.perAddress if self.web else "-", files=fileLimit(),
         )
+        why = overcommitted(sensor.total, http.total if self.web else 0, fileLimit())
+        if why is not None:
+            self._log.warn("Connection caps too high: {why}; one address could lock out every other", why=why)
 
     @defer.inlineCallbacks
     def stopService(self) -> Generator["defer.Deferred[Any]", Any, None]:

@@ -75,6 +75,15 @@ def test_a_per_address_cap_above_the_total_is_lowered_to_it():
     assert (sensor.total, sensor.perAddress, http.total, http.perAddress) == (None, None, None, None)
 
 
+def test_caps_that_eat_the_reserve_are_reported():
+    from sensornet.caps import overcommitted
+
+    assert overcommitted(19_232, 512, 20_000) is None
+    assert "reserve of 256" in overcommitted(19_500, 512, 20_000)
+    assert "without a total cap" in overcommitted(None, 512, 20_000)
+    assert overcommitted(None, None, None) is None
+
+
 def test_exempt_networks():
     limits = ConnectionLimits(10, 2, parseNetworks("127.0.0.1, 10.1.0.0/16,::1"))
     assert limits.isExempt("127.0.0.1") and limits.isExempt("10.1.2.3") and limits.isExempt("::1")
