@@ -370,3 +370,24 @@ async def test_silent_series_for_a_rule_come_from_the_store(fleet: WebHarness, r
     found = await within(fleet.queries.silentSeries(now, "*", "humidity", 6, 100), reactor)
     assert sorted(s for s, _, _ in found) == sorted(p[0] for p in expectedSeries()
                                                     if p[0].startswith("silo") and p[1] == "humidity")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fleet_endpoints_need_a_readers_token(tmp_path: Path, reactor: Any):
+    """
+    With HTTP access control on, every fleet endpoint answers 401 without a
+    token and with a sensor's, and answers a reader's.
+    """
+    from sensornet.identity.registry import Principal
+    from sensornet.web.auth import BearerAuthenticator
+
+    principals = {"snt_" + "r" * 43: Principal("ops", "reader", ()), "snt_" + "s" * 43: Principal("s1", "sensor", ())}
+    h = WebHarness(tmp_path, reactor, authenticator=BearerAuthenticator(principals.get))
+    await within(h.start(), reactor)
+    try:
+        for path in ("/api/sensors", "/api/fleet", "/api/sparklines?series=a:b", "/api/alerts"):
+            await getJSON(reactor, h.url + path, expect=401)
+            await getJSON(reactor, h.url + path, expect=401, headers={"Authorization": "Bearer snt_" + "s" * 43})
+            await getJSON(reactor, h.url + path, headers={"Authorization": "Bearer snt_" + "r" * 43})
+    finally:
+        await within(h.stop(), reactor)
