@@ -1,0 +1,220 @@
+"""
+What authentication costs the hot path: W1 throughput (bench/run.py's
+fleet workload) with every connection authenticated as a gateway, against
+the same workload written anonymously, measured in the same run.
+
+    python bench/auth.py [--total N] [--sensors S] [--connections C] [--rounds R]
+
+Each row is a fresh sensornet server (bench/run.py's command line, storing
+into a fresh SQLite file: credentials need a store) on 127.0.0.1, and a
+load process on another core sending bench/loadgen.py's pipelined chunks
+(built by its C{buildChunks}). In the C{token} rows each connection first
+sends C{auth TOKEN} for a gateway credential granted its own sensors
+(C{bench-R-I-*}), waits for C{ok auth}, then the same chunks as the
+C{anonymous} rows; the clock starts after every connection is ready in both.
+Rows alternate ABBA (anonymous, token, token, anonymous, ...) so drift on
+a shared machine hits both alike; the ratio compares the medians. Nothing is
+asserted: the issue's aim is a ratio of at least 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from loadgen import buildChunks  # noqa: E402
+from run import cores, cpuSeconds, freePort, sensornetCommand, stopServer, waitPort  # noqa: E402
+
+
+def names(tag: str, index: int, count: int) -> List[bytes]:
+    """
+    The sensors of connection C{index}: C{bench-TAG-INDEX-K}.
+    """
+    return [b"bench-%s-%d-%d" % (tag.encode(), index, k) for k in range(count)]
+
+
+def provision(store: str, tag: str, connections: int) -> Dict[int, str]:
+    """
+    One gateway credential per connection, granted that connection's
+    sensors (C{bench-TAG-INDEX-*}); their tokens by connection index.
+    """
+    sys.path.insert(0, os.path.dirname(HERE))
+    from sensornet.identity import Registry
+
+    registry = Registry(store)
+    try:
+        return {
+            index: registry.add(f"bench-gw-{tag}-{index}", role="gateway", grants=[f"bench-{tag}-{index}-*"])
+            for index in range(connections)
+        }
+    finally:
+        registry.close()
+
+
+def load(port: int, connections: int, sensors: int, total: int, batch: int, window: int, seconds: float,
+         tag: str, tokens: Optional[Dict[int, str]]) -> dict:
+    """
+    bench/loadgen.py's loop, after an optional C{auth} exchange per
+    connection (before the clock starts).
+    """
+    perConn = total // connections
+    sensorsPerConn = max(1, sensors // connections)
+    tsBase = (int(time.time()) - 3600) * 1_000_000_000
+    states = []
+    for index in range(connections):
+        s = socket.create_connection(("127.0.0.1", port))
+        if tokens is not None:
+            s.sendall(b"auth " + tokens[index].encode() + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                data = s.recv(4096)
+                if not data:
+                    raise SystemExit(f"server closed connection {index} after auth: {reply!r}")
+                reply += data
+            if not reply.startswith(b"ok auth "):
+                raise SystemExit(f"auth refused on connection {index}: {reply!r}")
+        s.setblocking(False)
+        states.append({"sock": s, "chunks": buildChunks(names(tag, index, sensorsPerConn), perConn, batch, tsBase),
+                       "next": 0, "sent": 0, "acked": 0, "pending": b"", "target": perConn, "finished": False})
+    sel = selectors.DefaultSelector()
+    for state in states:
+        sel.register(state["sock"], selectors.EVENT_READ, state)
+    started = time.perf_counter()
+    deadline = started + seconds
+    done = 0
+    errors = 0
+    while done < connections and time.perf_counter() < deadline:
+        for state in states:
+            if (state["pending"] == b"" and state["next"] < len(state["chunks"])
+                    and state["sent"] - state["acked"] < window):
+                chunk = state["chunks"][state["next"]]
+                state["next"] += 1
+                state["pending"] = chunk
+                state["sent"] += chunk.count(b"\n")
+            if state["pending"]:
+                try:
+                    written = state["sock"].send(state["pending"])
+                    state["pending"] = state["pending"][written:]
+                except BlockingIOError:
+                    pass
+        for key, _ in sel.select(timeout=0.01):
+            state = key.data
+            try:
+                data = state["sock"].recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise SystemExit("server closed a connection")
+            errors += data.count(b"error")
+            state["acked"] += data.count(b"\n")
+            if state["acked"] >= state["target"] and not state["finished"]:
+                state["finished"] = True
+                done += 1
+    elapsed = time.perf_counter() - started
+    acked = sum(s["acked"] for s in states)
+    for s in states:
+        s["sock"].close()
+    return {"acked": acked, "errors": errors, "seconds": elapsed, "rate": acked / elapsed if elapsed else 0.0}
+
+
+def measure(kind: str, round_: int, args: argparse.Namespace, workdir: str) -> dict:
+    """
+    One row: a fresh server on a fresh SQLite file holding the gateways'
+    credentials (for both kinds: the same store), and a load process.
+    """
+    tag = f"{round_}{kind[0]}"
+    path = os.path.join(workdir, f"{tag}.db")
+    tokens = provision("sqlite:" + path, tag, args.connections)
+    tokenFile = os.path.join(workdir, f"{tag}.tokens.json")
+    with open(os.open(tokenFile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        json.dump(tokens if kind == "token" else None, f)
+    port = freePort()
+    serverCores, loadCores = cores(args)
+    command = sensornetCommand(port, "sqlite:" + path, workdir, extra=("--compact-after", "1"))
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if serverCores:
+            os.sched_setaffinity(server.pid, serverCores)
+        waitPort(port)
+        # The server's credential cache loads on its own thread at start.
+        time.sleep(1.0)
+        before = cpuSeconds(server.pid)
+        result = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--load", "--port", str(port), "--tag", tag,
+             "--token-file", tokenFile, "--connections", str(args.connections), "--sensors", str(args.sensors),
+             "--total", str(args.total), "--batch", str(args.batch), "--seconds", str(args.seconds)],
+            capture_output=True, text=True, timeout=args.seconds + 120,
+            preexec_fn=(lambda: os.sched_setaffinity(0, loadCores)) if loadCores else None,
+        )
+        used = cpuSeconds(server.pid) - before
+        if result.returncode != 0:
+            raise SystemExit(f"{kind}: load failed: {result.stderr}")
+        row = json.loads(result.stdout)
+    finally:
+        stopServer(server)
+    row["name"] = kind
+    row["cpu_us"] = used / row["acked"] * 1e6 if row["acked"] else float("nan")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--total", type=int, default=1_000_000)
+    parser.add_argument("--sensors", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--window", type=int, default=20_000)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of rows (anonymous, token), in ABBA order")
+    parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tag", help=argparse.SUPPRESS)
+    parser.add_argument("--token-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        with open(args.token_file) as f:
+            raw = json.load(f)
+        tokens = {int(k): v for k, v in raw.items()} if raw is not None else None
+        print(json.dumps(load(args.port, args.connections, args.sensors, args.total, args.batch, args.window,
+                              args.seconds, args.tag, tokens)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sensornet-bench-auth-") as workdir:
+        for round_ in range(args.rounds):
+            # ABBA: each kind goes first in every other round, so whatever
+            # a row leaves behind (dirty pages of its store being written
+            # back) weighs on both kinds alike.
+            kinds = ("anonymous", "token") if round_ % 2 == 0 else ("token", "anonymous")
+            for kind in kinds:
+                rows.append(measure(kind, round_, args, workdir))
+    print(f"workload W1 into SQLite: {args.total:,} readings from {args.sensors:,} sensors over "
+          f"{args.connections} connections, {args.batch} lines per send; token rows: one gateway credential per "
+          f"connection; server and load pinned apart: {cores(args)[0] is not None}")
+    print(f"{'row':<10} {'readings/s':>12} {'CPU us/reading':>15} {'acked':>10} {'errors':>7} {'seconds':>8}")
+    for row in rows:
+        print(f"{row['name']:<10} {row['rate']:>12,.0f} {row['cpu_us']:>15.2f} {row['acked']:>10} "
+              f"{row['errors']:>7} {row['seconds']:>8.2f}")
+    anonymous = statistics.median(row["rate"] for row in rows if row["name"] == "anonymous")
+    token = statistics.median(row["rate"] for row in rows if row["name"] == "token")
+    print(f"throughput token / anonymous (medians): {token / anonymous:.3f}  (aim: >= 0.95)")
+    # The server's CPU time per reading varies less than the rate on a shared machine.
+    cpuAnonymous = statistics.median(row["cpu_us"] for row in rows if row["name"] == "anonymous")
+    cpuToken = statistics.median(row["cpu_us"] for row in rows if row["name"] == "token")
+    print(f"server CPU per reading token / anonymous (medians): {cpuToken / cpuAnonymous:.3f}  (aim: <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
