@@ -154,3 +154,45 @@ def test_twistd_refuses_to_start_with_a_bad_rules_file(tmp_path: Path):
     assert result.returncode != 0
     assert f"--rules: {rules}, line 7: unknown key 'abvoe' in a rule" in result.stdout + result.stderr
     assert not (tmp_path / "db.sqlite3").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silence_rule_fires_from_the_store_and_resolves_when_the_sensor_sends(tmp_path: Path, reactor: Any):
+    """
+    A series of a 10 s cadence last heard an hour ago is found silent by
+    the silence check (a query on the real store), fires and is POSTed; a
+    series heard just now is not; the silent one's next reading resolves
+    its alert.
+    """
+    receiver = Receiver()
+    hook = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(receiver))
+    rules = parseRules('[[rule]]\nname = "quiet"\nsensor = "quiet-*"\nsilent_for = 3\n')
+    server = SensorServerService(
+        ServerConfig(
+            listen=["tcp:0:interface=127.0.0.1"], http="tcp:0:interface=127.0.0.1",
+            store=f"sqlite:{tmp_path / 'db.sqlite3'}", logReadings=False, httpAuth="none",
+            fleet=FleetConfig(rules=tuple(rules), webhooks=(f"http://127.0.0.1:{hook.getHost().port}/",)),
+        ),
+        reactor,
+    )
+    server.startService()
+    try:
+        await within(server.whenWebListening(), reactor)
+        now = reactor.seconds()
+
+        def history(name: str, end: float, seq0: int = 0) -> list:
+            return [Reading(name, "temperature", 20.0, "C", ts=end - 10 * k, seq=seq0 + k, dialect="native",
+                            peer="127.0.0.1:1", received_at=end - 10 * k) for k in range(5)]
+
+        assert server.writer is not None and server.alerts is not None
+        await within(server.writer.submit(history("quiet-1", now - 3600) + history("quiet-2", now)), reactor)
+        await within(server.alerts.check(), reactor)
+        await until(lambda: len(receiver.bodies) == 1, reactor)
+        assert [(b["rule"], b["sensor"], b["state"]) for b in receiver.bodies] == [("quiet", "quiet-1", "firing")]
+        await within(server.writer.submit([Reading("quiet-1", "temperature", 21.0, "C", ts=now, seq=100,
+                                                   dialect="native", peer="127.0.0.1:1", received_at=now)]), reactor)
+        await until(lambda: len(receiver.bodies) == 2, reactor)
+        assert (receiver.bodies[1]["sensor"], receiver.bodies[1]["state"]) == ("quiet-1", "resolved")
+    finally:
+        await within(server.stopService(), reactor)
+        await hook.stopListening()
