@@ -343,6 +343,7 @@ class RulesEngine(Service):
         for rule in self._silence:
             self._silenceByKind.setdefault(rule.kind, []).append(rule)
         self._active: Dict[Tuple[str, str, str], Alert] = {}
+        self._counts = {PENDING: 0, FIRING: 0}
         self._resolved: Deque[Alert] = deque(maxlen=RESOLVED_KEPT)
         self._matches: Dict[Tuple[str, str], bool] = {}
         self._loop = LoopingCall(self.check)
@@ -419,6 +420,7 @@ class RulesEngine(Service):
                     self.dropped.inc()
                     return
                 alert = self._active[key] = Alert(rule.name, sensor, kind, PENDING, now, value)
+                self._counts[PENDING] += 1
                 self.transitions.labels(state=PENDING).inc()
                 if rule.forSeconds <= 0:
                     self._fire(alert, now)
@@ -430,17 +432,21 @@ class RulesEngine(Service):
             if alert.state == PENDING:
                 # Back inside before it lasted: never notified, forgotten.
                 del self._active[key]
+                self._counts[PENDING] -= 1
             else:
                 self._resolve(alert, now, value)
 
     def _fire(self, alert: Alert, now: float) -> None:
         previous = alert.state
         alert.state, alert.since = FIRING, now
+        self._counts[previous] -= 1
+        self._counts[FIRING] += 1
         self.transitions.labels(state=FIRING).inc()
         self._send(alert, previous)
 
     def _resolve(self, alert: Alert, now: float, value: Optional[float]) -> None:
-        self._active.pop((alert.rule, alert.sensor, alert.kind), None)
+        if self._active.pop((alert.rule, alert.sensor, alert.kind), None) is not None:
+            self._counts[alert.state] -= 1
         resolved = Alert(alert.rule, alert.sensor, alert.kind, RESOLVED, now, value)
         self._resolved.append(resolved)
         self.transitions.labels(state=RESOLVED).inc()
@@ -505,6 +511,7 @@ class RulesEngine(Service):
                         self.dropped.inc()
                         continue
                     alert = self._active[key] = Alert(rule.name, sensor, kind, PENDING, lastSeen, None)
+                    self._counts[PENDING] += 1
                     self._fire(alert, now)
             if len(rows) < MAX_SILENT_PER_CHECK:
                 # A series that sent since (or left the store) is no longer
@@ -523,12 +530,9 @@ class RulesEngine(Service):
 
     def counts(self) -> Dict[str, int]:
         """
-        C{{"pending": n, "firing": n}}.
+        C{{"pending": n, "firing": n}} (kept as alerts change: no scan).
         """
-        out = {PENDING: 0, FIRING: 0}
-        for alert in self._active.values():
-            out[alert.state] += 1
-        return out
+        return dict(self._counts)
 
     def alerts(self) -> List[Dict[str, Any]]:
         """
