@@ -330,6 +330,11 @@ def browseFleet(url: str, harness: WebHarness, reactor: Any) -> Dict[str, Any]:
                 "document.getElementById('chart').dataset.mode === 'buckets' && "
                 "Number(document.getElementById('chart').dataset.points) > 0", arg=name)
             seen[name] = int(page.get_attribute("#chart", "data-points"))
+        page.click(".ranges button[data-range='10m']")
+        page.wait_for_function("() => location.hash.endsWith('range=10m') && "
+                               "document.getElementById('chart').dataset.loaded === 'true' && "
+                               "document.getElementById('chart').dataset.mode === 'raw'")
+        seen["10m"] = int(page.get_attribute("#chart", "data-points"))
         page.click(".ranges button[data-range='1h']")
         page.wait_for_function("() => document.getElementById('chart').dataset.points === '48'")
 
@@ -368,8 +373,8 @@ async def test_dashboard_overview_table_and_detail_over_thousands_of_series(tmp_
     shows the counts by state and by kind as built; the table shows one
     page of 50 with sparklines, pages forward and back, finds by prefix and
     by glob, filters by state and sorts by name and by last seen; a row opens
-    from the keyboard on one series' chart (24 h of minute buckets, 1 h of
-    raw readings, 7 d, 90 d and 1 y of hour buckets), where a reading
+    from the keyboard on one series' chart (24 h of minute buckets, 1 h and
+    10 min of raw readings, 7 d, 90 d and 1 y of hour buckets), where a reading
     committed during the test arrives live and, over a rule's threshold,
     shows in the alerts panel beside the one already firing. No console
     errors. Screenshots:
@@ -432,6 +437,7 @@ async def test_dashboard_overview_table_and_detail_over_thousands_of_series(tmp_
     assert seen["hour"]["unit"] == " °C"
     assert "48 readings" in seen["hour"]["label"]
     assert seen["7d"] >= 1 and seen["90d"] >= 1 and seen["1y"] >= 1
+    assert 8 <= seen["10m"] <= 10  # a reading a minute, the last 30 s before the test began
     assert [r["sensor"] for r in seen["afterBack"]] == ["greenhouse-1"]
     assert seen["afterBack"][0]["value"] == "27.75 °C"
     assert seen["sameDocument"] is True

@@ -33,9 +33,11 @@
   const STREAM_RETRY_MS = 30000; // after the server refused a stream (its cap)
   const SPARK_WINDOW = 86400;
   const SPARK_POINTS = 48;
-  const RAW_LIMIT = 5000; // beyond this a 1 h chart reads minute buckets
+  const RAW_LIMIT = 5000; // beyond this a 10 min or 1 h chart reads minute buckets
+  const RAW_RANGES = new Set(["10m", "1h"]);
   const MAX_LIVE_POINTS = 20000;
   const RANGES = {
+    "10m": { seconds: 600, label: "10 min" }, // to watch a sensor live
     "1h": { seconds: 3600, label: "1 h" },
     "24h": { seconds: 86400, label: "24 h" },
     "7d": { seconds: 7 * 86400, label: "7 d" },
@@ -676,7 +678,7 @@
     el.chart.dataset.loaded = "false";
     el.chartNote.textContent = "";
     try {
-      if (detail.range === "1h") {
+      if (RAW_RANGES.has(detail.range)) {
         const p = new URLSearchParams({ sensor, kind, since: since.toFixed(3), limit: String(RAW_LIMIT) });
         const page = await getJSON("api/readings?" + p.toString());
         if (seq !== detail.seq) return;
@@ -693,7 +695,7 @@
       }
       const p = new URLSearchParams({
         sensor, kind, since: since.toFixed(3), until: until.toFixed(3),
-        step: detail.range === "1h" ? "1m" : "auto",
+        step: RAW_RANGES.has(detail.range) ? "1m" : "auto",
       });
       const body = await getJSON("api/readings?" + p.toString());
       if (seq !== detail.seq) return;
@@ -846,6 +848,7 @@
       b.setAttribute("aria-pressed", String(b.dataset.range === range));
     }
     el.back.href = "#" + listHash();
+    el.updated.textContent = ""; // the table's refresh time; the table is not shown
     const wasHidden = el.detail.hidden;
     el.listView.hidden = true;
     el.detail.hidden = false;
@@ -900,7 +903,7 @@
     return 10 * mag;
   }
 
-  const CLOCK_STEPS = [300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600];
+  const CLOCK_STEPS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600];
   const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
   const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 
