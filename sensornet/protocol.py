@@ -1128,6 +1128,10 @@ class SensorServerFactory(Factory):
                 self._sensorConnections.pop(sensor, None)
         if not self.protocols:
             self._stopSweeping()
+            # Nobody waits for a turn: leave no timer pending.
+            turnCall, self._turnCall = self._turnCall, None
+            if turnCall is not None and turnCall.active():
+                turnCall.cancel()
             if self._ownAccounting is not None:
                 self._ownAccounting.flush()
         self._log.info("Connection from {peer} closed", peer=protocol.peer)
@@ -1285,11 +1289,13 @@ class SensorServerFactory(Factory):
 
     def _giveTurns(self) -> None:
         self._turnCall = None
+        waiting = self._waitingTurn
+        if not waiting:
+            return
         if getattr(self.sink, "backlog", 0) > self.heavyBacklog:
             if not self.writerIsOverloaded:
                 self._turnCall = self.clock.callLater(self.turnRetry, self._giveTurns)
             return
-        waiting = self._waitingTurn
         for _ in range(min(self.heavyTurns, len(waiting))):
             protocol = next(iter(waiting))
             del waiting[protocol]

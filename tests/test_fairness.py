@@ -185,6 +185,24 @@ def test_overloaded_writer_pauses_the_heaviest_first_and_they_come_back_in_turns
     assert factory.metrics.registry.get_sample_value("sensornet_transports_paused") == 0
 
 
+def test_no_turn_timer_is_left_once_every_connection_is_gone():
+    """
+    Waiting for the writer's backlog retries every C{turnRetry} seconds,
+    but not once the heavy senders are gone: a stopped server leaves no
+    timer pending.
+    """
+    sink = HeldSink()
+    factory = makeFactory(sink)
+    heavy = open_(factory, 1)
+    heavy.dataReceived(chunk("a", 600))
+    sink.backlog = factory.heavyBacklog + 1
+    factory.clock.advance(0)
+    assert factory._turnCall is not None
+    heavy.connectionLost(None)
+    assert factory._turnCall is None
+    assert not factory.clock.getDelayedCalls()
+
+
 def test_a_closed_connection_leaves_the_line():
     factory = makeFactory(HeldSink())
     first = open_(factory, 1)
