@@ -26,10 +26,16 @@ What stands in for what (see C{tests/rehearsal/standin.py}):
     script's venv even where the test interpreter has sensornet installed).
   - C{systemctl}: runs the unit's C{ExecStart} in the background in the
     host's namespace.
+  - Secrets Manager: each C{AWS::SecretsManager::Secret} gets a value made
+    as its C{GenerateSecretString} says and an ARN; the C{aws} stand-in
+    serves a host only the secrets its instance role's policies (read from
+    the template) allow.
 
 The test passes when the server's SQLite store (read through sensornet's store API)
 holds temperature readings about every 2 s from 10.0.2.10 and humidity
-readings about every 3 s from 10.0.2.11. All traffic to 10.x addresses leaves
+readings about every 3 s from 10.0.2.11, each sensor authenticated with its
+own generated token, and the server refuses, from a sensor host, a reading
+without a credential and a reading as the other sensor. All traffic to 10.x addresses leaves
 from inside the namespaces; the test itself only reads files.
 """
 
@@ -37,8 +43,11 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import os
 import re
+import secrets as secretsModule
+import string
 import shutil
 import signal
 from sensornet.store import StoreError
@@ -99,7 +108,52 @@ def renderingTable(template: Dict[str, Any], packageSpec: str) -> Dict[str, Any]
     )
     server = template["Resources"]["EC2Server"]["Properties"]["NetworkInterfaces"][0]
     values["EC2Server.PrivateIp"] = cfn_render.resolve(server["PrivateIpAddress"], values)
+    for name in secretResources(template):
+        # What Ref gives for a secret: its ARN.
+        values[name] = f"arn:aws:secretsmanager:us-east-1:123456789012:secret:rehearsal-{name}-AbCdEf"
     return values
+
+
+def secretResources(template: Dict[str, Any]) -> List[str]:
+    return sorted(n for n, r in template["Resources"].items() if r["Type"] == "AWS::SecretsManager::Secret")
+
+
+def generateSecrets(template: Dict[str, Any], values: Dict[str, Any]) -> Dict[str, str]:
+    """
+    Each secret's value, as Secrets Manager makes it from
+    C{GenerateSecretString} (length; letters and digits when punctuation is
+    excluded), by ARN.
+    """
+    made = {}
+    for name in secretResources(template):
+        spec = template["Resources"][name]["Properties"]["GenerateSecretString"]
+        assert "SecretStringTemplate" not in spec, "a sensor token is the whole secret string"
+        alphabet = string.ascii_letters + string.digits
+        if not spec.get("ExcludePunctuation"):
+            alphabet += "!#$%&()*+,-.:;<=>?@[]^_{|}~"
+        made[values[name]] = "".join(secretsModule.choice(alphabet) for _ in range(spec.get("PasswordLength", 32)))
+    return made
+
+
+def readableSecrets(template: Dict[str, Any], instance: str, values: Dict[str, Any]) -> List[str]:
+    """
+    The secrets (ARNs) C{instance}'s role may read, from the template's IAM:
+    its instance profile's role's C{secretsmanager:GetSecretValue} grants.
+    """
+    resources = template["Resources"]
+    profile = resources[instance]["Properties"].get("IamInstanceProfile")
+    if profile is None:
+        return []
+    readable = []
+    for role in resources[profile["Ref"]]["Properties"]["Roles"]:
+        for policy in resources[role["Ref"]]["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                if statement["Effect"] != "Allow" or "secretsmanager:GetSecretValue" not in actions:
+                    continue
+                targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                readable.extend(cfn_render.resolve(target, values) for target in targets)
+    return readable
 
 
 def hostAddresses(template: Dict[str, Any], values: Dict[str, Any]) -> Dict[str, str]:
@@ -323,7 +377,7 @@ def _buildWheel(tmp: Path) -> Path:
 def _standinBin(tmp: Path) -> Path:
     bin = tmp / "standin-bin"
     bin.mkdir()
-    for name in ("dnf", "yum", "python3", "systemctl"):
+    for name in ("dnf", "yum", "python3", "systemctl", "aws"):
         wrapper = bin / name
         wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" {name} "$@"\n')
         wrapper.chmod(0o755)
@@ -343,8 +397,12 @@ def _parentSite() -> str:
     return os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]]))
 
 
-def _launch(lab: Lab, host: str, script: Path, root: Path, bin: Path) -> "subprocess.Popen[bytes]":
+def _launch(
+    lab: Lab, host: str, script: Path, root: Path, bin: Path, secrets: Path, readable: List[str]
+) -> "subprocess.Popen[bytes]":
     env = {
+        "SNRT_SECRETS": str(secrets),
+        "SNRT_READABLE": ",".join(readable),
         "PATH": f"{bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(root),
         "LANG": "C.UTF-8",
@@ -436,6 +494,46 @@ def _units(rows: List[Dict[str, Any]]) -> Iterator[Tuple[str, Dict[str, Any], Li
         yield host, expected, [r for r in rows if r["sensor"] == expected["sensor"]]
 
 
+# Run inside a sensor host's namespace: what an impersonator on that host gets
+# from the server, without a credential and with this host's token.
+_PROBE = r"""
+import socket, sys
+server, token, other = sys.argv[1], sys.argv[2], sys.argv[3]
+replies = []
+for first in (None, token):
+    s = socket.create_connection((server, 5000), timeout=10)
+    data = (b"auth " + first.encode() + b"\n" if first else b"") + other.encode() + b" - Umidade: 1%\n"
+    s.sendall(data)
+    received = b""
+    s.settimeout(10)
+    while received.count(b"\n") < (2 if first else 1):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+    s.close()
+    replies.append(received.decode("utf-8", "replace"))
+print(repr(replies))
+"""
+
+
+def _probeImpersonation(lab: Lab, roots: Dict[str, Path], values: Dict[str, Any]) -> List[str]:
+    """
+    From the first sensor's host: a seed-text reading as Sensor2 without a
+    credential, then the same after authenticating with Sensor1's own
+    token (read from that host's token file): the server's replies.
+    """
+    token = (roots["EC2Client1"] / "etc/sensornet/token").read_text().strip()
+    result = subprocess.run(
+        lab.exec("EC2Client1") + [sys.executable, "-c", _PROBE, values["EC2Server.PrivateIp"], token, "Sensor2"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    import ast
+
+    return ast.literal_eval(result.stdout.strip())
+
+
 @pytest.mark.timeout(420)
 def test_rehearsal_in_network_namespaces(tmp_path: Path) -> None:
     """
@@ -460,14 +558,25 @@ def test_rehearsal_in_network_namespaces(tmp_path: Path) -> None:
         scripts[host] = root / "user-data.sh"
         scripts[host].write_text(script)
     database = roots["EC2Server"] / "var/lib/sensornet/sensornet.db"
+    # What Secrets Manager holds: the stack's generated tokens, readable by
+    # this test only (and each host through the aws stand-in, as its role
+    # allows).
+    secretsFile = tmp_path / "secrets.json"
+    secretsFile.write_text(json.dumps(generateSecrets(template, values)))
+    secretsFile.chmod(0o600)
+    readable = {host: readableSecrets(template, host, values) for host in addresses}
 
     with Lab(addresses) as lab:
         try:
             # The server first, as CloudFormation does (the sensors' UserData
             # names its address); the sensors cope with it being late anyway.
-            server = _launch(lab, "EC2Server", scripts["EC2Server"], roots["EC2Server"], bin)
+            server = _launch(
+                lab, "EC2Server", scripts["EC2Server"], roots["EC2Server"], bin, secretsFile, readable["EC2Server"]
+            )
             _finish(server, "EC2Server", roots["EC2Server"], timeout=180)
-            clients = {h: _launch(lab, h, scripts[h], roots[h], bin) for h in EXPECTED}
+            clients = {
+                h: _launch(lab, h, scripts[h], roots[h], bin, secretsFile, readable[h]) for h in EXPECTED
+            }
             for host, process in clients.items():
                 _finish(process, host, roots[host], timeout=180)
 
@@ -477,6 +586,7 @@ def test_rehearsal_in_network_namespaces(tmp_path: Path) -> None:
                 time.sleep(1)
                 rows = _readings(database)
             dead = _deadServices(roots)
+            probes = _probeImpersonation(lab, roots, values)
         finally:
             report = _diagnostics(roots)
 
@@ -488,6 +598,23 @@ def test_rehearsal_in_network_namespaces(tmp_path: Path) -> None:
     assert serverLog.exists() and serverLog.stat().st_size > 0, "the server wrote no log.txt\n" + report
 
     assert not dead, f"services exited: {dead}\n{report}"
+    # Authenticated, and only so: the server takes no anonymous readings,
+    # each sensor wrote with its own token, and from a sensor's host neither
+    # no credential nor its own token writes as the other sensor.
+    log = serverLog.read_text(errors="replace")
+    assert "Anonymous sensor writes accepted from: none" in log, report
+    assert probes == [
+        "error auth: refused\n",
+        "ok auth Sensor1\nerror: not authorized to write as Sensor2\n",
+    ], probes
+    for host, root in roots.items():
+        boot = (root / "cloud-init-output.log").read_text(errors="replace")
+        tokens = json.loads(secretsFile.read_text()).values()
+        assert not any(token in boot for token in tokens), f"a token in {host}'s boot log"
+    assert not any(token in log for token in json.loads(secretsFile.read_text()).values()), "a token in log.txt"
+    for host in EXPECTED:
+        other = [arn for arn in json.loads(secretsFile.read_text()) if arn not in readable[host]]
+        assert len(readable[host]) == 1 and len(other) == 1, (host, readable[host])
     assert _enough(rows), f"too few readings after 90 s: {[(r['sensor'], r['seq']) for r in rows]}\n{report}"
     for host, expected, mine in _units(rows):
         assert {r["kind"] for r in mine} == {expected["kind"]}

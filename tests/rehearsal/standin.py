@@ -1,9 +1,10 @@
 """
 Stand-ins for the parts of an Amazon Linux 2023 instance the rehearsal cannot
-use: the OS package manager, the OS's python3, and systemd.
+use: the OS package manager, the OS's python3, systemd, and the aws CLI's
+Secrets Manager (the AWS API behind it).
 
 The rehearsal puts one wrapper per name (C{dnf}, C{yum}, C{python3},
-C{systemctl}) first on the PATH of the UserData script; each runs
+C{systemctl}, C{aws}) first on the PATH of the UserData script; each runs
 C{python standin.py NAME ARGS...}. They are driven by environment variables
 the rehearsal sets:
 
@@ -28,6 +29,12 @@ What each does:
     C{WorkingDirectory}, stdout and stderr to C{$SNRT_ROOT/run/UNIT.out}; the
     process id goes to C{$SNRT_ROOT/run/UNIT.pid}. C{Restart=} and
     C{User=} are not emulated.
+  - C{aws secretsmanager get-secret-value --secret-id ARN --query
+    SecretString --output text}: prints the secret's value from the JSON
+    file C{$SNRT_SECRETS} (ARN to value: what the stack generated), if ARN
+    is one of C{$SNRT_READABLE} (comma-separated: the secrets this host's
+    instance role may read, as the template's IAM policies say); otherwise
+    fails as the aws CLI does for C{AccessDeniedException} (exit 254).
 """
 
 from __future__ import annotations
@@ -167,6 +174,42 @@ def systemctl(argv: List[str]) -> int:
     raise SystemExit(f"systemctl stand-in: {command!r} is not emulated")
 
 
+def aws(argv: List[str]) -> int:
+    """
+    The one aws CLI call the templates make, against the rehearsal's
+    secrets and this host's permissions.
+    """
+    if argv[:2] != ["secretsmanager", "get-secret-value"]:
+        raise SystemExit(f"aws stand-in: {' '.join(argv[:2])!r} is not emulated")
+    options: Dict[str, str] = {}
+    rest = argv[2:]
+    while rest:
+        key = rest.pop(0)
+        if not key.startswith("--") or not rest:
+            raise SystemExit(f"aws stand-in: cannot read {key!r}")
+        options[key[2:]] = rest.pop(0)
+    if options.get("query") != "SecretString" or options.get("output") != "text":
+        raise SystemExit("aws stand-in: only --query SecretString --output text is emulated")
+    import json
+
+    secretId = options.get("secret-id", "")
+    readable = [a for a in os.environ.get("SNRT_READABLE", "").split(",") if a]
+    if secretId not in readable:
+        print(
+            "An error occurred (AccessDeniedException) when calling the GetSecretValue operation: "
+            f"not authorized to perform secretsmanager:GetSecretValue on resource: {secretId}",
+            file=sys.stderr,
+        )
+        return 254
+    secrets = json.loads(Path(os.environ["SNRT_SECRETS"]).read_text())
+    if secretId not in secrets:
+        print(f"An error occurred (ResourceNotFoundException): {secretId}", file=sys.stderr)
+        return 254
+    log("aws", f"GetSecretValue {secretId}")
+    print(secrets[secretId])
+    return 0
+
+
 def main(argv: List[str]) -> int:
     name, rest = argv[0], argv[1:]
     if name in ("dnf", "yum"):
@@ -175,6 +218,8 @@ def main(argv: List[str]) -> int:
         return python3(rest)
     if name == "systemctl":
         return systemctl(rest)
+    if name == "aws":
+        return aws(rest)
     raise SystemExit(f"no stand-in for {name!r}")
 
 
