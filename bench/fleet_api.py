@@ -73,6 +73,7 @@ def dashboard(httpPort: int, poll: float, stop, results) -> None:
         "/api/sparklines?" + series,
     ]
     latencies, sizes, errors = [], [], 0
+    reasons: dict = {}
     # The server starts after the pollers: wait for its HTTP side first.
     while not stop.is_set():
         try:
@@ -88,11 +89,13 @@ def dashboard(httpPort: int, poll: float, stop, results) -> None:
                 with urlopen(base + path, timeout=30) as response:
                     sizes.append(len(response.read()))
                 latencies.append(time.monotonic() - t)
-            except OSError:
+            except OSError as e:
                 errors += 1
+                reasons[f"{path.split('?')[0]}: {getattr(e, 'code', None) or e}"] = 1 + reasons.get(
+                    f"{path.split('?')[0]}: {getattr(e, 'code', None) or e}", 0)
                 time.sleep(0.2)
         stop.wait(max(0.0, poll - (time.monotonic() - started)))
-    results.put({"latencies": latencies, "sizes": sizes, "errors": errors})
+    results.put({"latencies": latencies, "sizes": sizes, "errors": errors, "reasons": reasons})
 
 
 def row(name: str, dbPath: str, dashboards: int, args: argparse.Namespace, workdir: str) -> dict:
@@ -123,6 +126,7 @@ def row(name: str, dbPath: str, dashboards: int, args: argparse.Namespace, workd
         "dashboards": dashboards,
         "requests": len(latencies),
         "request_errors": sum(r["errors"] for r in polls),
+        "request_error_reasons": {k: v for r in polls for k, v in r["reasons"].items()},
         "request_ms_p50": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,
         "request_ms_p99": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, 1)
         if latencies else None,
