@@ -294,6 +294,16 @@ def browseFleet(url: str, harness: WebHarness, reactor: Any) -> Dict[str, Any]:
         page.click("th[data-sort-key='last_seen'] button")
         page.wait_for_function("() => document.querySelector('#rows tr').dataset.state === 'never'")
         seen["oldest"] = page.evaluate(ROWS_JS)
+        # A sensor that never sent opens too, and says so.
+        page.click("#rows tr[data-sensor='spare-00'] a")
+        page.wait_for_function(
+            "() => document.getElementById('detail-state').textContent === 'never seen' && "
+            "document.getElementById('chart').dataset.loaded === 'true' && "
+            "document.getElementById('chart').getAttribute('aria-label').endsWith('no readings')")
+        seen["neverHash"] = page.evaluate("() => location.hash")
+        page.click("#back")
+        page.wait_for_function("() => !document.getElementById('list-view').hidden && "
+                               "location.hash === '#sort=last_seen'")
         page.click("th[data-sort-key='name'] button")
         page.wait_for_function("() => document.querySelector('#rows tr').dataset.sensor === 'cellar-0000'")
 
@@ -431,6 +441,7 @@ async def test_dashboard_overview_table_and_detail_over_thousands_of_series(tmp_
     assert [r["kind"] for r in seen["oldest"][:25]] == [""] * 25
     oldest = [r["seen"] for r in seen["oldest"][25:]]
     assert oldest == sorted(oldest)
+    assert seen["neverHash"] == "#sensor=spare-00&kind=&range=24h"
     assert seen["day"]["mode"] == "buckets" and seen["day"]["points"] == 48
     assert seen["day"]["inked"] > 200
     assert seen["hour"]["inked"] > 200

@@ -494,7 +494,7 @@
     tr.dataset.kind = r.kind || ""; // none: a sensor that never sent
     tr.dataset.state = r.state || "";
     const link = tr.querySelector(".name a");
-    link.href = "#" + detailHash(r.sensor, r.kind, "24h");
+    link.href = "#" + detailHash(r.sensor, r.kind || "", "24h");
     link.textContent = r.sensor;
     tr.querySelector(".kind").textContent = r.kind || "–";
     const value = tr.querySelector(".value");
@@ -649,7 +649,7 @@
       const body = await getJSON("api/sensors?" + p.toString());
       if (sensor !== detail.sensor || kind !== detail.kind) return;
       clockOffset = body.now - Date.now() / 1000;
-      const row = body.sensors.find((r) => r.sensor === sensor && r.kind === kind);
+      const row = body.sensors.find((r) => r.sensor === sensor && (r.kind || "") === kind);
       if (row) { detail.info = row; detail.unit = displayUnit(row.unit); }
       renderDetailFacts();
     } catch (err) {
