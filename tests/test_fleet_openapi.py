@@ -54,6 +54,8 @@ async def test_fleet_endpoints_conform_to_the_description(tmp_path: Path, reacto
             ("/api/sparklines", "?series=nocolon"),
             ("/api/alerts", ""),
             ("/api/alerts", "?x=1"),
+            ("/api/alerts", "?limit=0"),
+            ("/api/alerts", "?limit=5"),
         ]
         for path, query in requests:
             response = await within(client.get(harness.url + path + query), reactor)

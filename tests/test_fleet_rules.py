@@ -224,3 +224,17 @@ def test_states_from_cadence():
     for bad in ({"expected": 0}, {"silentAfter": 1}, {"lateAfter": -1}):
         with pytest.raises(ValueError):
             Cadence(**bad)
+
+
+def test_alerts_listed_newest_first_up_to_a_limit():
+    """
+    alerts(limit) gives the most recent changes first, at most limit of
+    them; len() counts them all.
+    """
+    e, clock, _, _ = engine(GOOD)
+    for i in range(5):
+        clock.advance(1)
+        e.readingsCommitted([reading(f"s-{i}", "humidity", 10.0, clock.seconds())])
+    assert len(e) == 5
+    assert [a["sensor"] for a in e.alerts(2)] == ["s-4", "s-3"]
+    assert [a["sensor"] for a in e.alerts()] == ["s-4", "s-3", "s-2", "s-1", "s-0"]

@@ -36,6 +36,7 @@ notifier (L{sensornet.fleet.webhooks}).
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import tomllib
@@ -534,10 +535,20 @@ class RulesEngine(Service):
         """
         return dict(self._counts)
 
-    def alerts(self) -> List[Dict[str, Any]]:
+    def alerts(self, limit: Optional[int] = None) -> List[Dict[str, Any]]:
         """
         Active alerts and the last L{RESOLVED_KEPT} resolved ones, the most
-        recent change first.
+        recent change first; the first C{limit} of them when given.
         """
         every: Iterable[Alert] = list(self._active.values()) + list(self._resolved)
-        return [a.asDict() for a in sorted(every, key=lambda a: a.since, reverse=True)]
+        if limit is None:
+            chosen = sorted(every, key=lambda a: a.since, reverse=True)
+        else:
+            chosen = heapq.nlargest(limit, every, key=lambda a: a.since)
+        return [a.asDict() for a in chosen]
+
+    def __len__(self) -> int:
+        """
+        Alerts L{alerts} would list without a limit.
+        """
+        return len(self._active) + len(self._resolved)
