@@ -184,6 +184,7 @@ ROWS_JS = """() => [...document.querySelectorAll('#rows tr')].map(tr => ({
     value: tr.querySelector('.value').textContent,
     seen: tr.querySelector('.seen time').dateTime,
     spark: Number(tr.querySelector('.trend').dataset.points || -1),
+    connected: tr.querySelector('.conn').dataset.connected,
 }))"""
 
 # The chart's pixels, read from a copy (reading the page's own canvas back
@@ -310,6 +311,7 @@ def browseFleet(url: str, harness: WebHarness, reactor: Any) -> Dict[str, Any]:
         # One series: found by search, opened from the keyboard.
         page.fill("#search", "greenhouse")
         rangeIs(page, "1–1 of 1")
+        seen["greenhouseRow"] = page.evaluate(ROWS_JS)[0]
         page.focus("#rows tr a")
         page.keyboard.press("Enter")
         page.wait_for_function(
@@ -329,6 +331,7 @@ def browseFleet(url: str, harness: WebHarness, reactor: Any) -> Dict[str, Any]:
             "document.getElementById('chart').dataset.points === '48'"
         )
         seen["hour"] = {"inked": page.evaluate(INKED_JS),
+                        "connection": page.text_content("#detail-conn"),
                         "value": page.text_content("#detail-value"),
                         "unit": page.text_content("#detail-unit"),
                         "label": page.get_attribute("#chart", "aria-label")}
@@ -402,6 +405,7 @@ async def test_dashboard_overview_table_and_detail_over_thousands_of_series(tmp_
     engine = RulesEngine(parseRules(RULES), reactor)
     harness = WebHarness(tmp_path, reactor, alerts=engine)
     harness.feed.subscribe(engine.readingsCommitted)
+    harness.connected = {"greenhouse-1"}
     await within(harness.start(), reactor)
     try:
         # A live plant's reading over its rule's threshold: one alert firing.
@@ -446,6 +450,9 @@ async def test_dashboard_overview_table_and_detail_over_thousands_of_series(tmp_
     assert seen["day"]["inked"] > 200
     assert seen["hour"]["inked"] > 200
     assert seen["hour"]["unit"] == " °C"
+    assert seen["hour"]["connection"] == "open now"
+    assert seen["greenhouseRow"]["connected"] == "true"
+    assert {r["connected"] for r in first} == {"false"}
     assert "48 readings" in seen["hour"]["label"]
     assert seen["7d"] >= 1 and seen["90d"] >= 1 and seen["1y"] >= 1
     assert 8 <= seen["10m"] <= 10  # a reading a minute, the last 30 s before the test began

@@ -62,7 +62,7 @@
     first: $("first-page"), prev: $("prev-page"), next: $("next-page"), rangeText: $("range-text"),
     trendHead: $("trend-head"), back: $("back"),
     dTitle: $("detail-title"), dKind: $("detail-kind"), dValue: $("detail-value"), dUnit: $("detail-unit"),
-    dState: $("detail-state"), dSeen: $("detail-seen"), dCount: $("detail-count"), dInterval: $("detail-interval"),
+    dState: $("detail-state"), dConn: $("detail-conn"), dSeen: $("detail-seen"), dCount: $("detail-count"), dInterval: $("detail-interval"),
     dLive: $("detail-live"), chart: $("chart"), chartNote: $("chart-note"),
   };
 
@@ -482,7 +482,9 @@
     value.lastChild.className = "unit";
     const state = document.createElement("span");
     state.className = "state";
-    cell(tr, "state-cell").append(state);
+    const conn = document.createElement("span");
+    conn.className = "conn";
+    cell(tr, "state-cell").append(state, conn);
     cell(tr, "seen").append(document.createElement("time"));
     cell(tr, "trend");
     fillRow(tr, r);
@@ -502,7 +504,10 @@
     value.lastChild.textContent = r.value === null || r.value === undefined ? "" : " " + displayUnit(r.unit);
     const state = tr.querySelector(".state");
     state.dataset.state = r.state || "";
-    state.textContent = STATE_NAMES[r.state] || (r.connected ? "connected" : "–");
+    state.textContent = STATE_NAMES[r.state] || "–";
+    const conn = tr.querySelector(".conn");
+    conn.dataset.connected = String(Boolean(r.connected));
+    conn.textContent = r.connected ? " connected" : "";
     setTime(tr.querySelector(".seen time"), r.last_seen !== undefined && r.last_seen !== null ? r.last_seen : r.ts);
     const spark = list.sparks.get(seriesKey(r.sensor, r.kind));
     const trend = tr.querySelector(".trend");
@@ -663,7 +668,9 @@
     if (!info) return;
     el.dValue.textContent = formatValue(info.value);
     el.dState.dataset.state = info.state || "";
-    el.dState.textContent = STATE_NAMES[info.state] || (info.connected ? "connected" : "–");
+    el.dState.textContent = STATE_NAMES[info.state] || "–";
+    el.dConn.textContent = info.connected ? "open now" : "none";
+    el.dConn.dataset.connected = String(Boolean(info.connected));
     setTime(el.dSeen, info.last_seen !== undefined && info.last_seen !== null ? info.last_seen : info.ts);
     el.dCount.textContent = count(info.count || 0);
     el.dInterval.textContent = info.interval ? formatDuration(info.interval) : "–";
@@ -733,6 +740,9 @@
       }
       if (pts.length > MAX_LIVE_POINTS) pts.splice(0, pts.length - MAX_LIVE_POINTS);
     } else {
+      // Folded into the last bucket. A reading committed between the chart's
+      // request and its query can be counted in both: min and max stay
+      // right, the bucket's mean moves a little until the next load.
       const start = Math.floor(t / detail.step) * detail.step;
       const b = detail.buckets[detail.buckets.length - 1];
       if (b && b.t === start) {
@@ -866,6 +876,7 @@
       el.dValue.textContent = "–";
       delete el.dValue.dataset.live;
       el.dState.textContent = "";
+      el.dConn.textContent = "–";
       el.dCount.textContent = "–";
       el.dInterval.textContent = "–";
       setTime(el.dSeen, null);
