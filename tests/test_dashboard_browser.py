@@ -185,6 +185,7 @@ ROWS_JS = """() => [...document.querySelectorAll('#rows tr')].map(tr => ({
     seen: tr.querySelector('.seen time').dateTime,
     spark: Number(tr.querySelector('.trend').dataset.points || -1),
     connected: tr.querySelector('.conn').dataset.connected,
+    sparkLabel: tr.querySelector('.trend svg')?.getAttribute('aria-label'),
 }))"""
 
 # The chart's pixels, read from a copy (reading the page's own canvas back
@@ -430,6 +431,8 @@ async def test_dashboard_overview_table_and_detail_over_thousands_of_series(tmp_
     assert {r["state"] for r in first} == {"silent"}
     assert first[0]["kind"] == "humidity" and first[0]["value"].endswith(" %")
     assert all(r["spark"] > 0 for r in first)  # silent for 2 h: the last 24 h still hold its readings
+    assert all(r["sparkLabel"].startswith("last 24 h: between ") and r["sparkLabel"].endswith(" %")
+               for r in first), first[0]["sparkLabel"]
     assert [r["sensor"] for r in seen["secondPage"]] == [f"cellar-{i:04d}" for i in range(50, 100)]
     assert seen["backToFirst"] == [f"cellar-{i:04d}" for i in range(50)]
     assert seen["prefix"] == [f"vent-{i:04d}" for i in range(10, 20)]

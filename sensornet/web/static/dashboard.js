@@ -48,7 +48,6 @@
   const STATE_NAMES = { live: "live", late: "late", silent: "silent", never: "never seen" };
   // Units as people write them: the wire says "C" for degrees Celsius.
   const UNIT_NAMES = { C: "°C", F: "°F", degC: "°C", degF: "°F" };
-  const SVG_NS = "http://www.w3.org/2000/svg";
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -564,26 +563,25 @@
     el.table.dataset.sparklines = "true";
   }
 
-  // An inline SVG line, built with DOM calls (the CSP allows no markup
-  // strings with styles); gaps (null) break the line.
+  // An inline SVG line: the page's template (a faint baseline across the
+  // whole window, so a series that sent only lately, or stopped, shows
+  // where in the 24 h its line is; the line; the latest point's dot),
+  // filled in with DOM calls; gaps (null) break the line.
+  const sparkTemplate = document.getElementById("spark-template").content.firstElementChild;
+
   function drawSpark(td, values, r) {
     const W = 120, H = 28, P = 3;
-    const svg = document.createElementNS(SVG_NS, "svg");
-    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-    svg.setAttribute("width", String(W));
-    svg.setAttribute("height", String(H));
-    svg.setAttribute("class", "spark");
-    // A faint baseline spans the whole window, so a series that sent only
-    // lately (or stopped) shows where in the 24 h its line is.
-    const base = document.createElementNS(SVG_NS, "line");
-    base.setAttribute("x1", String(P)); base.setAttribute("x2", String(W - P));
-    base.setAttribute("y1", String(H - 0.5)); base.setAttribute("y2", String(H - 0.5));
-    base.setAttribute("class", "spark-base");
-    svg.append(base);
-    let lo = Infinity, hi = -Infinity, last = null, drawn = 0;
-    for (const v of values) if (v !== null && v !== undefined) { lo = Math.min(lo, v); hi = Math.max(hi, v); last = v; drawn++; }
+    const svg = sparkTemplate.cloneNode(true);
+    const path = svg.querySelector(".spark-line");
+    const dot = svg.querySelector(".spark-dot");
+    let lo = Infinity, hi = -Infinity, drawn = 0;
+    for (const v of values) if (v !== null && v !== undefined) { lo = Math.min(lo, v); hi = Math.max(hi, v); drawn++; }
     if (drawn) {
-      if (lo === hi) { lo -= 1; hi += 1; }
+      const unit = displayUnit(r.unit);
+      // The points are buckets' values: their range, not a latest reading
+      // (the row's "Last value" says that).
+      svg.setAttribute("aria-label", "last 24 h: between " + formatValue(lo) + " and " + formatValue(hi) + " " + unit);
+      if (lo === hi) { lo -= 1; hi += 1; } // a flat line, drawn across the middle
       const x = (i) => P + (i * (W - 2 * P)) / Math.max(1, values.length - 1);
       const y = (v) => H - P - ((v - lo) / (hi - lo)) * (H - 2 * P);
       let d = "", pen = false, lastX = 0, lastY = 0;
@@ -593,21 +591,12 @@
         d += (pen ? "L" : "M") + lastX.toFixed(1) + " " + lastY.toFixed(1);
         pen = true;
       });
-      const path = document.createElementNS(SVG_NS, "path");
       path.setAttribute("d", d);
-      path.setAttribute("class", "spark-line");
-      const dot = document.createElementNS(SVG_NS, "circle");
       dot.setAttribute("cx", lastX.toFixed(1));
       dot.setAttribute("cy", lastY.toFixed(1));
-      dot.setAttribute("r", "2.2");
-      dot.setAttribute("class", "spark-dot");
-      svg.append(path, dot);
-      const unit = displayUnit(r.unit);
-      svg.setAttribute("role", "img");
-      svg.setAttribute("aria-label", "last 24 h: from " + formatValue(lo === hi - 2 ? lo + 1 : lo) + " to " +
-        formatValue(hi) + " " + unit + ", latest " + formatValue(last) + " " + unit);
     } else {
-      svg.setAttribute("role", "img");
+      path.remove();
+      dot.remove();
       svg.setAttribute("aria-label", "no readings in the last 24 h");
     }
     td.dataset.points = String(drawn);
