@@ -394,6 +394,9 @@ class StandInCredentials:
     def verify(self, token: Any) -> Optional[Principal]:
         return self.tokens.get(token)
 
+    def principalNamed(self, name: str) -> Optional[Principal]:
+        return next((p for p in self.tokens.values() if p.name == name), None)
+
     def subscribeRevoked(self, callback: Any) -> None:
         self.subscribers.append(callback)
 

@@ -112,6 +112,26 @@ def test_verify_accepts_only_valid_tokens_after_the_first_load() -> None:
     cache.stopService()
 
 
+def test_principal_named_is_the_live_credential_of_that_name() -> None:
+    """
+    A client certificate names its sensor: the name finds the live
+    principal, and nothing once the credential is revoked (or before the
+    first load).
+    """
+    cache, registry, clock = makeCache()
+    registry.add("lab-1")
+    registry.add("relay", "gateway", ("lab-*",))
+    assert cache.principalNamed("lab-1") is None
+    cache.startService()
+    assert cache.principalNamed("lab-1") == Principal("lab-1", "sensor", ())
+    assert cache.principalNamed("relay") == Principal("relay", "gateway", ("lab-*",))
+    assert cache.principalNamed("lab-2") is None
+    registry.remove("lab-1")
+    clock.advance(1.0)
+    assert cache.principalNamed("lab-1") is None
+    cache.stopService()
+
+
 def test_polls_the_revision_and_reloads_only_on_change() -> None:
     """
     Each poll is one revision query; a snapshot is read only when the

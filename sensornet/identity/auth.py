@@ -85,14 +85,19 @@ class ICredentialSource(Protocol):
     """
     The credentials the sensor port checks against: the server's
     L{sensornet.identity.cache.CredentialCache}, in memory, on the reactor
-    thread. For client certificates it also offers C{principalNamed(name)}:
-    the live principal called C{name}, or L{None}.
+    thread.
     """
 
     def verify(self, token: Any) -> Optional[PrincipalLike]:
         """
         The principal C{token} authenticates, or L{None} (unknown, revoked,
         malformed); no I/O, constant time in what matters.
+        """
+
+    def principalNamed(self, name: str) -> Optional[PrincipalLike]:
+        """
+        The live principal called C{name} (a client certificate names its
+        sensor), or L{None}.
         """
 
     def subscribeRevoked(self, callback: Callable[[FrozenSet[str]], Any]) -> Any:
@@ -363,20 +368,9 @@ class SensorAccess:
 
 def _principalNamed(credentials: ICredentialSource, name: str) -> Optional[PrincipalLike]:
     """
-    C{credentials.principalNamed(name)}; for a credential cache without
-    that method, its name and token tables read directly (the cache is
-    this package's own; the method is the way to keep).
+    C{credentials.principalNamed(name)}.
     """
-    lookup = getattr(credentials, "principalNamed", None)
-    if lookup is not None:
-        return cast(Optional[PrincipalLike], lookup(name))
-    digest = getattr(credentials, "_hashByName", {}).get(name)
-    if digest is None:
-        return None
-    for stored, principal in getattr(credentials, "_table", {}).get(digest[:8], ()):
-        if stored == digest:
-            return cast(PrincipalLike, principal)
-    return None
+    return cast(Optional[PrincipalLike], credentials.principalNamed(name))
 
 
 def listensBeyondLoopback(description: str) -> bool:

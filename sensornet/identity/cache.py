@@ -124,6 +124,21 @@ class CredentialCache(Service):
                 found = principal
         return found
 
+    def principalNamed(self, name: str) -> Optional[Principal]:
+        """
+        The L{Principal} of the valid credential called C{name}, or L{None}
+        (unknown, revoked, or the cache not loaded yet). In memory only:
+        how a TLS client certificate, which names its sensor, is mapped to
+        a live credential, so revoking a sensor cuts off its certificate.
+        """
+        digest = self._hashByName.get(name)
+        if digest is None:
+            return None
+        for stored, principal in self._table.get(digest[:_KEY_BYTES], ()):
+            if stored == digest:
+                return principal
+        return None
+
     def subscribeRevoked(self, callback: Callable[[FrozenSet[str]], Any]) -> Callable[[], None]:
         """
         Call C{callback(names)} on the reactor thread after each reload in
