@@ -152,7 +152,7 @@ HOSTILE: List[Tuple[str, int]] = [
     ("/api/readings?%ff=1", 400),
     ("/api/readings?%00=1", 400),
     ("/api/readings/%00", 200),  # a leaf: the rest of the path is ignored
-    ("/api/sensors?%00=%ff", 200),
+    ("/api/sensors?%00=%ff", 400),  # paged and filtered now: its parameters are checked like /api/readings'
     ("/readyz?%00", 200),
     ("/metrics?%ff", 200),
     # Paths: NUL, not UTF-8, traversal however encoded, long, files as directories.
