@@ -73,6 +73,20 @@ async def test_fleet_endpoints_conform_to_the_description(tmp_path: Path, reacto
             conformance.check(path.split("?")[0], response.code, response.headers.getRawHeaders(b"content-type")[0],
                               body)
 
+    # Without a reader's token, with --http-auth required: 401.
+    from sensornet.web import makeSite
+    from sensornet.web.auth import BearerAuthenticator
+
+    guarded = makeSite(_FailingQueries(lambda: defer.succeed(True)), LiveFeed(), ServerMetrics(), lambda: (),
+                       Clock(), authenticator=BearerAuthenticator(lambda token: None))
+    stub = StubTreq(guarded.resource)
+    for path in FLEET_PATHS:
+        response = await stub.get("http://x" + path)
+        body = await response.content()
+        assert response.code == 401, path
+        conformance.check(path, response.code, response.headers.getRawHeaders(b"content-type")[0], body,
+                          response.headers)
+
     documented = {
         (template, status)
         for template, item in SPEC["paths"].items()

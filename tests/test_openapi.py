@@ -192,6 +192,20 @@ async def test_running_server_conforms_to_the_description(tmp_path: Path, reacto
         conformance.check("/api/stream", response.code, response.headers.getRawHeaders(b"content-type")[0], body,
                           response.headers)
 
+    # Without a reader's token, with --http-auth required: 401, documented.
+    from sensornet.web.auth import BearerAuthenticator
+
+    guarded = makeSite(None, LiveFeed(), ServerMetrics(), lambda: (), Clock(),
+                       authenticator=BearerAuthenticator(lambda token: None))
+    stub = StubTreq(guarded.resource)
+    for path, headers in (("/api/readings", {}), ("/api/stream", {"Authorization": "Bearer nope"}),
+                          ("/metrics", {"Authorization": "Basic eDp5"})):
+        response = await stub.get("http://x" + path, headers=headers)
+        body = await response.content()
+        assert response.code == 401, path
+        conformance.check(path, response.code, response.headers.getRawHeaders(b"content-type")[0], body,
+                          response.headers)
+
     # The fleet's paths are checked in full by test_fleet_openapi.py.
     fleetPaths = ("/api/sensors", "/api/fleet", "/api/sparklines", "/api/alerts")
     documented = {

@@ -42,7 +42,6 @@ import re
 import tomllib
 from collections import deque
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from io import BytesIO
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, Optional, Sequence
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge

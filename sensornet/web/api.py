@@ -14,7 +14,7 @@ import csv
 import io
 import math
 import time
-from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, cast
 from urllib.parse import urlencode
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -26,11 +26,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..interfaces import IRollupQueries, IStoreQueries
-from .encoding import isoTime, jsonBytes, neutraliseCSVText, readingFromRow, readingsCSV, sensorFromRow
+from .encoding import isoTime, jsonBytes, neutraliseCSVText, readingFromRow, readingsCSV
 from .params import ParameterError, ReadingsQuery, parseReadingsQuery, rollupRange, wantsCSV
 
 __all__ = [
-    "SensorsResource",
     "ReadingsResource",
     "MetricsResource",
     "HealthResource",
@@ -188,34 +187,6 @@ class _NoStore(Resource):
         for name, value in headers.items():
             request.setHeader(name, value)
         return body
-
-
-class SensorsResource(Resource):
-    """
-    C{GET /api/sensors}: every stored series (sensor and kind) with its
-    latest value and time, unit, reading count, first and last time seen and
-    whether the sensor has a connection open now; plus the server's C{now},
-    so a client can place times against the server's clock.
-    """
-
-    isLeaf = True
-
-    def __init__(
-        self, queries: IStoreQueries, connectedSensors: Callable[[], Collection[str]], clock: IReactorTime
-    ) -> None:
-        super().__init__()
-        self._queries = queries
-        self._connectedSensors = connectedSensors
-        self._clock = clock
-
-    def render_GET(self, request: Request) -> object:
-        def answer(rows: List[Dict[str, Any]]) -> Answer:
-            connected = set(self._connectedSensors())
-            sensors = [sensorFromRow(row, row["sensor"] in connected) for row in rows]
-            sensors.sort(key=lambda s: (s["sensor"], s["kind"]))
-            return _jsonAnswer(200, {"now": self._clock.seconds(), "sensors": sensors})
-
-        return _deliver(request, maybeDeferred(self._queries.sensors).addCallback(answer), "listing sensors")
 
 
 class ReadingsResource(Resource):
