@@ -430,3 +430,62 @@ async def test_the_demo_dashboard_token_reads_the_api_and_is_never_logged(reacto
     logged = "\n".join(events)
     assert str(tmp_path / "dashboard-token.txt") in logged
     assert token not in logged and token[4:20] not in logged
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_demo_starts_its_sensors_once_their_credentials_are_loaded(reactor: Any, tmp_path: Any) -> None:
+    """
+    The demo's sensors connect after the server's credentials are loaded:
+    their first connection authenticates and writes (no "try again"
+    refusal greets the demo's user), and their readings are stored.
+    """
+    import socket
+
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from sensornet.client import ClientConfig
+    from sensornet.store import openStore
+    from sensornet.tap.demo import DemoConfig, DemoService, tokenFileName
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    events: List[str] = []
+
+    def observe(event: Dict[str, Any]) -> None:
+        events.append(formatEvent(event) or "")
+
+    store = f"sqlite:{tmp_path / 'demo.db'}"
+    config = DemoConfig(
+        ServerConfig(listen=[f"tcp:{port}:interface=127.0.0.1"], http=None, store=store, logReadings=False,
+                     anonymousFrom="none"),
+        clients=[ClientConfig(kind="temperature", sensor="Sensor1", endpoint=f"tcp:host=127.0.0.1:port={port}",
+                              interval=0.1, tokenFile=str(tmp_path / tokenFileName("Sensor1")))],
+        tokenDirectory=str(tmp_path),
+    )
+    demo = DemoService(config, reactor)
+    globalLogPublisher.addObserver(observe)
+    try:
+        demo.startService()
+        try:
+            sensor = demo.clients[0]
+            deadline = reactor.seconds() + 20
+            stored: List[Dict[str, Any]] = []
+            while reactor.seconds() < deadline:
+                await task.deferLater(reactor, 0.1)
+                check = openStore(store)
+                try:
+                    stored = [s for s in check.sensors() if s["sensor"] == "Sensor1"]
+                finally:
+                    check.close()
+                if stored and stored[0]["count"] >= 3:
+                    break
+            assert stored and stored[0]["count"] >= 3, events[-20:]
+            assert sensor.running
+        finally:
+            await within(defer.maybeDeferred(demo.stopService), reactor)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    logged = "\n".join(events)
+    assert "not loaded yet" not in logged
+    assert "refused" not in logged

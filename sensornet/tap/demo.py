@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -185,13 +186,34 @@ class DemoService(MultiService):
         if self.config.tokenDirectory is not None and self.config.server.store != "none":
             names = [name for client in self.config.clients for name in client.sensorNames()]
             self.tokenFiles = provisionDemo(self.config.server.store, self.config.tokenDirectory, names)
-        super().startService()
+        # The server first; its sensors once its credentials are loaded (a
+        # connection before that is told to try again, which would greet
+        # the demo's user with two refusals).
+        Service.startService(self)
+        self.server.startService()
+        credentials = self.server.credentials
+        ready = credentials.ready if credentials is not None else succeed(None)
+
+        def startClients(_: object) -> None:
+            if self.running:
+                for client in self.clients:
+                    client.startService()
+
+        ready.addCallback(startClients)
         self._log.info(
             "sensornet demo: server on {listen}; {sensors} connected to it.\n{where}",
             listen=", ".join(self.config.server.listen),
             sensors=" and ".join(_describeSensors(self.config.clients)),
             where="\n".join(_where(self.config.server, self.tokenFiles.get(DASHBOARD_READER))),
         )
+
+
+    def stopService(self) -> "Deferred[Any]":
+        Service.stopService(self)
+        services: List[Service] = [self.server]
+        services += [client for client in self.clients if client.running]
+        stopping = [maybeDeferred(service.stopService) for service in reversed(services)]
+        return DeferredList(stopping)
 
 
 def _describeSensors(clients: List[ClientConfig]) -> List[str]:
