@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import selectors
 import socket
 import statistics
 import subprocess
@@ -40,7 +39,7 @@ from typing import Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from loadgen import buildChunks  # noqa: E402
+from loadgen import buildChunks, pump  # noqa: E402
 from run import cores, cpuSeconds, freePort, sensornetCommand, stopServer, waitPort  # noqa: E402
 
 
@@ -94,41 +93,7 @@ def load(port: int, connections: int, sensors: int, total: int, batch: int, wind
         s.setblocking(False)
         states.append({"sock": s, "chunks": buildChunks(names(tag, index, sensorsPerConn), perConn, batch, tsBase),
                        "next": 0, "sent": 0, "acked": 0, "pending": b"", "target": perConn, "finished": False})
-    sel = selectors.DefaultSelector()
-    for state in states:
-        sel.register(state["sock"], selectors.EVENT_READ, state)
-    started = time.perf_counter()
-    deadline = started + seconds
-    done = 0
-    errors = 0
-    while done < connections and time.perf_counter() < deadline:
-        for state in states:
-            if (state["pending"] == b"" and state["next"] < len(state["chunks"])
-                    and state["sent"] - state["acked"] < window):
-                chunk = state["chunks"][state["next"]]
-                state["next"] += 1
-                state["pending"] = chunk
-                state["sent"] += chunk.count(b"\n")
-            if state["pending"]:
-                try:
-                    written = state["sock"].send(state["pending"])
-                    state["pending"] = state["pending"][written:]
-                except BlockingIOError:
-                    pass
-        for key, _ in sel.select(timeout=0.01):
-            state = key.data
-            try:
-                data = state["sock"].recv(1 << 20)
-            except BlockingIOError:
-                continue
-            if not data:
-                raise SystemExit("server closed a connection")
-            errors += data.count(b"error")
-            state["acked"] += data.count(b"\n")
-            if state["acked"] >= state["target"] and not state["finished"]:
-                state["finished"] = True
-                done += 1
-    elapsed = time.perf_counter() - started
+    elapsed, errors = pump(states, window, seconds)
     acked = sum(s["acked"] for s in states)
     for s in states:
         s["sock"].close()

@@ -20,7 +20,7 @@ import json
 import selectors
 import socket
 import time
-from typing import List
+from typing import List, Tuple
 
 
 def buildChunks(sensors: List[bytes], total: int, batch: int, tsBase: int) -> List[bytes]:
@@ -52,16 +52,33 @@ def run(
         names = [b"bench-%d-%d-%d" % (stamp, index, k) for k in range(sensorsPerConn)]
         states.append({"chunks": buildChunks(names, perConn, batch, tsBase), "next": 0, "sent": 0,
                        "acked": 0, "pending": b"", "target": perConn, "finished": False})
-    sel = selectors.DefaultSelector()
     for state in states:
         s = socket.create_connection((host, port))
         s.setblocking(False)
         state["sock"] = s
-        sel.register(s, selectors.EVENT_READ, state)
+    elapsed, _ = pump(states, window, seconds)
+    acked = sum(s["acked"] for s in states)
+    for s in states:
+        s["sock"].close()
+    return {"acked": acked, "seconds": elapsed, "rate": acked / elapsed if elapsed else 0.0,
+            "sensors": sensorsPerConn * connections, "connections": connections}
+
+
+def pump(states: List[dict], window: int, seconds: float) -> Tuple[float, int]:
+    """
+    Send each state's C{chunks} on its non-blocking C{sock}, at most
+    C{window} lines unacknowledged per connection, counting acknowledged
+    lines in C{acked}, until every state has C{target} acknowledged or
+    C{seconds} pass. Returns (seconds taken, replies containing "error").
+    """
+    sel = selectors.DefaultSelector()
+    for state in states:
+        sel.register(state["sock"], selectors.EVENT_READ, state)
     started = time.perf_counter()
     deadline = started + seconds
     done = 0
-    while done < connections and time.perf_counter() < deadline:
+    errors = 0
+    while done < len(states) and time.perf_counter() < deadline:
         for state in states:
             if (state["pending"] == b"" and state["next"] < len(state["chunks"])
                     and state["sent"] - state["acked"] < window):
@@ -83,16 +100,13 @@ def run(
                 continue
             if not data:
                 raise SystemExit("server closed a connection")
+            errors += data.count(b"error")
             state["acked"] += data.count(b"\n")
             if state["acked"] >= state["target"] and not state["finished"]:
                 state["finished"] = True
                 done += 1
-    elapsed = time.perf_counter() - started
-    acked = sum(s["acked"] for s in states)
-    for s in states:
-        s["sock"].close()
-    return {"acked": acked, "seconds": elapsed, "rate": acked / elapsed if elapsed else 0.0,
-            "sensors": sensorsPerConn * connections, "connections": connections}
+    sel.close()
+    return time.perf_counter() - started, errors
 
 
 def main() -> None:
