@@ -644,7 +644,8 @@ def clientEndpoint(reactor: IReactorTime, config: ClientConfig) -> IStreamClient
     from twisted.internet.endpoints import wrapClientTLS
     from twisted.internet.ssl import PrivateCertificate, optionsForClientTLS
 
-    from .identity.tls import endpointArguments, loadAuthorities
+    from .endpointstrings import endpointArguments
+    from .identity.tls import loadAuthorities
 
     positional, keywords = endpointArguments(config.endpoint)
     host = keywords.get("host", positional[1] if len(positional) > 1 else "")

@@ -381,7 +381,7 @@ def listensBeyondLoopback(description: str) -> bool:
     C{unix:} socket does not; an endpoint type not known here is assumed
     to. Pure.
     """
-    from .tls import endpointArguments
+    from ..endpointstrings import endpointArguments
 
     positional, keywords = endpointArguments(description.strip())
     kind = positional[0].lower()

@@ -20,12 +20,15 @@ certificate off too, without a certificate revocation list.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, List
 
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IReactorSSL, IStreamServerEndpoint
 
-__all__ = ["certificateNames", "clientCertificateEndpoint", "endpointArguments", "isSSLEndpoint", "loadAuthorities"]
+from ..endpointstrings import endpointArguments
+
+__all__ = ["certificateNames", "clientCertificateEndpoint", "isSSLEndpoint", "loadAuthorities"]
+
 
 
 def isSSLEndpoint(description: str) -> bool:
@@ -33,39 +36,6 @@ def isSSLEndpoint(description: str) -> bool:
     Whether C{description} is an C{ssl:} server endpoint string.
     """
     return description.strip().lower().startswith("ssl:")
-
-
-def endpointArguments(description: str) -> Tuple[List[str], Dict[str, str]]:
-    """
-    Split an endpoint string as Twisted does: arguments separated by C{:},
-    C{key=value} for keywords, C{\\} escaping the next character. Pure.
-    """
-    positional: List[str] = []
-    keywords: Dict[str, str] = {}
-    key = None
-    current: List[str] = []
-    escaped = False
-    for character in description:
-        if escaped:
-            current.append(character)
-            escaped = False
-        elif character == "\\":
-            escaped = True
-        elif character == ":":
-            if key is None:
-                positional.append("".join(current))
-            else:
-                keywords[key] = "".join(current)
-            key, current = None, []
-        elif character == "=" and key is None:
-            key, current = "".join(current), []
-        else:
-            current.append(character)
-    if key is None:
-        positional.append("".join(current))
-    else:
-        keywords[key] = "".join(current)
-    return positional, keywords
 
 
 def loadAuthorities(path: str) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, List, Optional, Sequence, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ..client import ClientConfig, SensorClientService
+from ..endpointstrings import endpointArguments
 from ..server import DEFAULT_HTTP, DEFAULT_STORE, SensorServerService, ServerConfig
 from ..simulate import KINDS
 from ..store import redactURL
@@ -241,43 +242,6 @@ def _where(server: ServerConfig, dashboardToken: Optional[str] = None) -> List[s
     return where
 
 
-def _endpointArguments(description: str) -> Tuple[List[str], Dict[str, str]]:
-    """
-    Split an endpoint string as Twisted does: arguments separated by C{:},
-    C{key=value} for keywords, C{\\} escaping the next character.
-
-    @return: The positional arguments (the endpoint type first) and the
-        keyword arguments.
-    """
-    positional: List[str] = []
-    keywords: Dict[str, str] = {}
-    key: Optional[str] = None
-    current: List[str] = []
-    escaped = False
-
-    def finish() -> None:
-        if key is None:
-            positional.append("".join(current))
-        else:
-            keywords[key] = "".join(current)
-
-    for character in description:
-        if escaped:
-            current.append(character)
-            escaped = False
-        elif character == "\\":
-            escaped = True
-        elif character == ":":
-            finish()
-            key, current = None, []
-        elif character == "=" and key is None:
-            key, current = "".join(current), []
-        else:
-            current.append(character)
-    finish()
-    return positional, keywords
-
-
 def dashboardURL(description: str) -> str:
     """
     Where to point a browser at the HTTP side listening on the server
@@ -287,7 +251,7 @@ def dashboardURL(description: str) -> str:
     interface; for any other endpoint (C{unix:}, port 0, ...) the endpoint
     string itself. Pure.
     """
-    positional, keywords = _endpointArguments(description.strip())
+    positional, keywords = endpointArguments(description.strip())
     scheme = {"tcp": "http", "tcp6": "http", "ssl": "https"}.get(positional[0].lower())
     if scheme is None:
         return description
