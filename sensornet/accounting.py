@@ -36,6 +36,7 @@ class ChunkAccounting:
         logged whatever this says.
     @cvar maxRejectedLogged: How many refused lines of one chunk are logged
         one by one; the rest of them are counted in one more log line.
+    @ivar readingLog: The L{ReadingLog} the lines are logged with.
     @ivar rejectedLogLimit: The server-wide limit on refused lines logged
         per second (a L{RejectedLogLimit}), or L{None}: no limit but the
         per-chunk one.
@@ -64,12 +65,12 @@ class ChunkAccounting:
         self.metrics = metrics
         self.logReadings = logReadings
         self._log = Logger(namespace=__name__, observer=observer)
-        self._readingLog = ReadingLog(self._log)
+        self.readingLog = ReadingLog(self._log)
         self.rejectedLogLimit: Optional[RejectedLogLimit] = None
         if maxRejectedLogPerSecond:
             if clock is None:
                 raise ValueError("maxRejectedLogPerSecond needs a clock")
-            self.rejectedLogLimit = RejectedLogLimit(self._readingLog, clock, maxRejectedLogPerSecond)
+            self.rejectedLogLimit = RejectedLogLimit(self.readingLog, clock, maxRejectedLogPerSecond)
         self._unlogged = metrics.rejectedLinesUnlogged
         # A reading always has one of DIALECTS; a refused line may be of
         # none ("unknown").
@@ -99,7 +100,7 @@ class ChunkAccounting:
                     counts[reading.dialect] = counts.get(reading.dialect, 0) + 1
                 for dialect, count in counts.items():
                     self._received[dialect].inc(count)
-        log = self._readingLog
+        log = self.readingLog
         logReadings = self.logReadings and readings
         if not rejected:
             if logReadings:

@@ -11,6 +11,13 @@ are small prebuilt dicts published straight to a log observer, not made by
 a L{Logger} call each; they carry the time their chunk arrived as
 C{log_time}.
 
+Where the server's log goes through L{sensornet.textlog}'s observer (a
+twistd server's does, see L{sensornet.textlog.observerForTwistd}), a chunk's
+readings are instead one I{batch} event (L{ReadingLog.batched}), which that
+observer writes as the same timestamped lines, one per reading, in one
+write: about a tenth of the time per reading. Any other observer sees the
+batch as one event rendering all its lines.
+
 Wire text is never logged raw: L{escapeLine} writes every character that is
 not printable (control characters C0, DEL and C1, line and paragraph
 separators, format characters such as bidi overrides) and every invalid
@@ -27,6 +34,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from .reading import LineError
+from .textlog import BATCH_KEY
 
 __all__ = ["escapeText", "escapeLine", "ReadingLog", "RejectedLogLimit"]
 
@@ -60,10 +68,15 @@ class ReadingLog:
     @ivar logger: Its C{observer} is where the events go: the global log
         publisher in a server (what twistd writes to C{log.txt}), anything
         providing L{ILogObserver} in a test.
+    @ivar batched: Whether a chunk's readings are one batch event (under
+        L{BATCH_KEY}: C{(prefix, texts)}, written a line per text by
+        L{sensornet.textlog.ReadingLogFileObserver}) rather than one event
+        each; set it only when that observer writes the log.
     """
 
-    def __init__(self, logger: Logger) -> None:
+    def __init__(self, logger: Logger, batched: bool = False) -> None:
         self.logger = logger
+        self.batched = batched
 
     def _event(self, level: LogLevel, peerText: str, when: float) -> Dict[str, object]:
         # What a Logger call would put in an event, less what differs per
@@ -91,14 +104,19 @@ class ReadingLog:
         # literal costs a third less than substituting fields into it (10
         # against 15 us per line in twistd's file observer), and the fields
         # are in the event too, for structured observers.
+        if self.batched:
+            prefix = "Received from " + peerText + ": "
+            texts = [_lineText(line) for line in lines]
+            if texts:
+                # For any other observer, a format rendering every line.
+                template["log_format"] = _literal(prefix + ("\n" + prefix).join(texts))
+                template[BATCH_KEY] = (prefix, texts)
+                template["lines"] = texts
+                publish(template)
+            return
         prefix = "Received from " + _literal(peerText) + ": "
         for line in lines:
-            # The CR of a CRLF terminator is not part of the line.
-            if line[-1:] == b"\r":
-                line = line[:-1]
-            text = line.decode("utf-8", "backslashreplace")
-            if not text.isprintable():
-                text = escapeText(text)
+            text = _lineText(line)
             event = template.copy()
             event["log_format"] = prefix + _literal(text)
             event["line"] = text
@@ -210,6 +228,19 @@ class RejectedLogLimit:
             if self._summary.active():
                 self._summary.cancel()
             self._report()
+
+
+def _lineText(line: bytes) -> str:
+    """
+    A received line as log text: without the CR of a CRLF terminator (not
+    part of the line), escaped (L{escapeText}) only when it needs to be.
+    """
+    if line[-1:] == b"\r":
+        line = line[:-1]
+    text = line.decode("utf-8", "backslashreplace")
+    if not text.isprintable():
+        text = escapeText(text)
+    return text
 
 
 def _literal(text: str) -> str:

@@ -23,7 +23,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTime, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from .caps import (
     AUTO,
@@ -44,6 +44,7 @@ from .feed import LiveFeed
 from .gctuning import CollectorTuning, logThresholdFromEnvironment
 from .identity.auth import DEFAULT_ANONYMOUS_FROM, AnonymousNetworks, SensorAccess, anonymousExposure
 from .interfaces import IReadingSink, IStoreQueries
+from .accounting import ChunkAccounting
 from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
 from .protocol import (
@@ -58,6 +59,7 @@ from .protocol import (
     SensorServerFactory,
 )
 from .store import DEFAULT_STORE, redactURL
+from .textlog import OffersLogObserver, ReadingLogFileObserver
 
 if TYPE_CHECKING:
     from .identity.cache import CredentialCache
@@ -160,7 +162,7 @@ class ServerConfig:
     fleet: Any = None
 
 
-class SensorServerService(MultiService):
+class SensorServerService(OffersLogObserver, MultiService):
     """
     A whole server. C{factory} is the sensors' protocol factory, C{feed} the
     live feed of committed readings, C{metrics} its metrics, C{writer} the
@@ -259,6 +261,16 @@ class SensorServerService(MultiService):
 
             self.alerts = addFleet(config.fleet or FleetConfig(), self, None, self.feed, reactor,
                                    self.metrics.registry)
+
+    def logObserverTaken(self, observer: ILogObserver) -> None:
+        """
+        The process logs to C{observer} (see L{OffersLogObserver}): when it
+        is a L{ReadingLogFileObserver}, the reading log is written a chunk
+        at a time (L{ReadingLog.batched}).
+        """
+        accounting = self.factory.accounting
+        if isinstance(observer, ReadingLogFileObserver) and isinstance(accounting, ChunkAccounting):
+            accounting.readingLog.batched = True
 
     def _sensorEndpoint(self, description: str) -> IStreamServerEndpoint:
         """

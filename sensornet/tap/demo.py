@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, cast
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from ..client import ClientConfig, SensorClientService
@@ -27,6 +27,8 @@ from ..endpointstrings import endpointArguments
 from ..server import DEFAULT_HTTP, DEFAULT_STORE, SensorServerService, ServerConfig
 from ..simulate import KINDS
 from ..store import redactURL
+from ..textlog import OffersLogObserver
+from .server import twistdLogObserver
 
 #: The seed's sensors: (name, kind), each at its kind's own interval.
 SEED_SENSORS = (("Sensor1", "temperature"), ("Sensor2", "humidity"))
@@ -156,7 +158,7 @@ def provisionDemo(storeURL: str, directory: str, sensors: Sequence[str]) -> Dict
     return paths
 
 
-class DemoService(MultiService):
+class DemoService(OffersLogObserver, MultiService):
     """
     A server and its clients on one reactor, started in that order; says
     where to look once all are up.
@@ -180,6 +182,13 @@ class DemoService(MultiService):
             client.setServiceParent(self)
             self.clients.append(client)
         self.tokenFiles: Dict[str, str] = {}
+
+    def logObserverTaken(self, observer: ILogObserver) -> None:
+        """
+        The process logs to C{observer}: the server adapts its reading log
+        to it (L{SensorServerService.logObserverTaken}).
+        """
+        self.server.logObserverTaken(observer)
 
     def startService(self) -> None:
         # Before the server starts, so that its credential cache's first
@@ -278,4 +287,6 @@ def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> Dem
         from twisted.internet import reactor as globalReactor
 
         reactor = cast(IReactorTime, globalReactor)
-    return DemoService(options.toConfig(), reactor)
+    service = DemoService(options.toConfig(), reactor)
+    service.logObserver = twistdLogObserver(options)
+    return service

@@ -18,6 +18,7 @@ from ..protocol import DEFAULT_MAX_REJECTED_LOG_PER_SECOND
 from ..server import DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_STORE, SensorServerService, ServerConfig
 
 if TYPE_CHECKING:
+    from ..textlog import ReadingLogFileObserver
     from ..fleet.service import FleetConfig
 
 
@@ -349,4 +350,21 @@ def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> Sen
         from twisted.internet import reactor as globalReactor
 
         reactor = cast(IReactorTime, globalReactor)
-    return SensorServerService(options.toConfig(), reactor)
+    service = SensorServerService(options.toConfig(), reactor)
+    service.logObserver = twistdLogObserver(options)
+    return service
+
+
+def twistdLogObserver(options: usage.Options) -> "Optional[ReadingLogFileObserver]":
+    """
+    Under twistd (whose own options are C{options.parent}), the observer
+    twistd would log to, made by L{observerForTwistd}, which writes the
+    reading log a chunk at a time; L{None} otherwise, or when twistd's
+    options ask for another kind of observer.
+    """
+    from ..textlog import observerForTwistd
+
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    return observerForTwistd(parent)
