@@ -22,6 +22,8 @@ the bytes on disk per reading. Rows:
   LineReceiver answering each line with sendLine; ratios are against it
 - parse+ack: sensornet with --store none (parsed, acknowledged, not stored)
 - sqlite: sensornet storing into SQLite, acking after commit
+- sqlite+log: the same with the reading log on (twistd --logfile: one
+  timestamped line per reading, as the seed's log.txt)
 - postgresql: the same into PostgreSQL (with --pg URL, or --pg temp for a
   throwaway server started here with initdb, fsync on, as in production)
 
@@ -216,6 +218,13 @@ def run(args: argparse.Namespace) -> None:
         rows.append(measure(
             "sqlite", sensornetCommand(port, "sqlite:" + path, workdir, extra=("--compact-after", "1")),
             port, args, files,
+        ))
+        port = freePort()
+        path = os.path.join(workdir, "bench-log.db")
+        rows.append(measure(
+            "sqlite+log",
+            sensornetCommand(port, "sqlite:" + path, workdir, logReadings=True, extra=("--compact-after", "1")),
+            port, args, (path, path + "-wal"),
         ))
         if args.pg:
             port = freePort()

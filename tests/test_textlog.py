@@ -333,3 +333,60 @@ def test_twistd_logfile_gets_a_timestamped_line_per_reading_and_rotates_on_sigus
     assert [m.group(3) for m in matches] == expected
     assert len({m.group(2) for m in matches}) == 1
     assert "sensornet-server" in text or "Starting" in text or "twistd" in text
+
+
+@pytest.fixture
+def sigusr1():
+    """
+    SIGUSR1's handler restored after the test (twistd's options install one
+    for rotation).
+    """
+    previous = signal.getsignal(signal.SIGUSR1)
+    yield
+    signal.signal(signal.SIGUSR1, previous)
+
+
+@pytest.mark.parametrize("role, args", [
+    ("sensornet-server", ["--store", "none", "--http", "none", "--listen", "tcp:0"]),
+    ("sensornet-demo", ["--store", "none", "--http", "none", "--port", "6000"]),
+])
+def test_under_twistds_options_both_roles_log_through_it(tmp_path, sigusr1, role, args):
+    """
+    Parsed as twistd parses them (C{twistd -n --logfile PATH ROLE ...}), the
+    server's and the demo's services give twistd's application the
+    observer for that file, and their reading log is batched.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.scripts.twistd import ServerOptions
+
+    from sensornet.tap import demo as demotap
+    from sensornet.tap import server as servertap
+
+    path = tmp_path / "log.txt"
+    options = ServerOptions()
+    options.parseOptions(["-n", "--logfile", str(path), role, *args])
+    tap = servertap if role == "sensornet-server" else demotap
+    service = tap.makeService(options.subOptions, MemoryReactorClock())
+    application = Application(role)
+    service.setServiceParent(application)
+    observer = application.getComponent(ILogObserver)
+    assert isinstance(observer, ReadingLogFileObserver)
+    assert observer.outFile.path == str(path)
+    server = service if role == "sensornet-server" else service.server
+    assert server.factory.accounting.readingLog.batched is True
+    observer.outFile.close()
+
+
+def test_with_syslog_twistd_keeps_its_own(tmp_path, sigusr1):
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.scripts.twistd import ServerOptions
+
+    from sensornet.tap import server as servertap
+
+    options = ServerOptions()
+    options.parseOptions(["-n", "--syslog", "sensornet-server", "--store", "none", "--http", "none"])
+    service = servertap.makeService(options.subOptions, MemoryReactorClock())
+    application = Application("x")
+    service.setServiceParent(application)
+    assert application.getComponent(ILogObserver, None) is None
+    assert service.factory.accounting.readingLog.batched is False
