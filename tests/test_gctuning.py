@@ -48,6 +48,15 @@ class FakeCollector:
     def get_freeze_count(self) -> int:
         return self.frozen
 
+    thresholds = (700, 10, 10)
+
+    def get_threshold(self) -> tuple:
+        return self.thresholds
+
+    def set_threshold(self, *thresholds: int) -> None:
+        self.calls.append(f"set_threshold{thresholds}")
+        self.thresholds = thresholds
+
 
 def started(**kwargs: Any) -> tuple:
     clock = Clock()
@@ -63,9 +72,32 @@ def test_start_collects_then_freezes() -> None:
     reachable, not garbage waiting for the collector.
     """
     _, collector, tuning = started()
-    assert collector.calls == ["collect", "freeze"]
+    assert collector.calls[-2:] == ["collect", "freeze"]
     assert tuning.freezes == 1
     tuning.stopService()
+
+
+def test_full_collections_are_made_rare_while_running_and_restored_at_stop() -> None:
+    """
+    While it runs, the oldest generation's threshold is C{fullThreshold}
+    (the young and middle ones kept), set before the first freeze; the stop
+    puts back the thresholds it found.
+    """
+    clock, collector, tuning = started()
+    assert collector.calls[0] == f"set_threshold{(700, 10, CollectorTuning.fullThreshold)}"
+    assert collector.thresholds == (700, 10, CollectorTuning.fullThreshold)
+    tuning.stopService()
+    assert collector.thresholds == (700, 10, 10)
+
+
+def test_a_higher_threshold_already_set_is_kept() -> None:
+    collector = FakeCollector()
+    collector.thresholds = (5000, 20, 100_000)
+    tuning = CollectorTuning(Clock(), collector=collector)
+    tuning.startService()
+    assert collector.thresholds == (5000, 20, 100_000)
+    tuning.stopService()
+    assert collector.thresholds == (5000, 20, 100_000)
 
 
 def test_freezes_only_over_threshold() -> None:
