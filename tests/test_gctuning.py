@@ -79,25 +79,26 @@ def test_start_collects_then_freezes() -> None:
 
 def test_full_collections_are_made_rare_while_running_and_restored_at_stop() -> None:
     """
-    While it runs, the oldest generation's threshold is C{fullThreshold}
-    (the young and middle ones kept), set before the first freeze; the stop
-    puts back the thresholds it found.
+    While it runs, the youngest and oldest generations' thresholds are
+    C{youngThreshold} and C{fullThreshold} (the middle one kept), set before
+    the first freeze; the stop puts back the thresholds it found.
     """
     clock, collector, tuning = started()
-    assert collector.calls[0] == f"set_threshold{(700, 10, CollectorTuning.fullThreshold)}"
-    assert collector.thresholds == (700, 10, CollectorTuning.fullThreshold)
+    expected = (CollectorTuning.youngThreshold, 10, CollectorTuning.fullThreshold)
+    assert collector.calls[0] == f"set_threshold{expected}"
+    assert collector.thresholds == expected
     tuning.stopService()
     assert collector.thresholds == (700, 10, 10)
 
 
 def test_a_higher_threshold_already_set_is_kept() -> None:
     collector = FakeCollector()
-    collector.thresholds = (5000, 20, 100_000)
+    collector.thresholds = (50_000, 20, 100_000)
     tuning = CollectorTuning(Clock(), collector=collector)
     tuning.startService()
-    assert collector.thresholds == (5000, 20, 100_000)
+    assert collector.thresholds == (50_000, 20, 100_000)
     tuning.stopService()
-    assert collector.thresholds == (5000, 20, 100_000)
+    assert collector.thresholds == (50_000, 20, 100_000)
 
 
 def test_freezes_only_over_threshold() -> None:
