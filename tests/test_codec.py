@@ -6,7 +6,10 @@ of the readings one at a time, whatever their order.
 
 from __future__ import annotations
 
+import sys
 from typing import Dict, List
+
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -116,3 +119,31 @@ def test_a_bucket_met_again_out_of_order_merges_into_the_first_run() -> None:
         base: Rollup(3, -2.0, 4.0, 3.5, base + 9, 4.0),
         base + MINUTE: Rollup(1, 7.0, 7.0, 7.0, base + MINUTE, 7.0),
     }
+
+
+@settings(max_examples=200, deadline=None)
+@given(columnsOf(maxSize=40))
+def test_fresh_bytes_are_the_six_little_endian_arrays_of_schema_2(columns: Columns) -> None:
+    """
+    A fresh row's bytes are what schema 2 defined them as (and stores
+    already hold): the header, then six little-endian arrays, q q q d q i.
+    """
+    import struct
+    from array import array
+
+    body = b""
+    for code, values in zip("qqqdqi", columns):
+        part = array(code, values)
+        if sys.byteorder != "little":
+            part.byteswap()
+        body += part.tobytes()
+    assert encodeFresh(columns) == struct.pack("<BI", 1, len(columns.ids)) + body
+
+
+def test_a_number_too_large_for_its_column_is_an_overflow() -> None:
+    """
+    The store classifies OverflowError (a refused batch); nothing else may
+    come out of encoding a column.
+    """
+    with pytest.raises(OverflowError):
+        encodeFresh(Columns([1], [2**63], [0], [1.0], [1], [0]))

@@ -31,6 +31,7 @@ import zlib
 from itertools import accumulate, groupby, repeat
 from operator import add, mod, sub, xor
 from array import array
+from functools import lru_cache
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 __all__ = [
@@ -134,17 +135,31 @@ def _unpack(code: str, data: bytes) -> List:
 _LAYOUT = (("q", 8), ("q", 8), ("q", 8), ("d", 8), ("q", 8), ("i", 4))
 
 
+@lru_cache(maxsize=256)
+def _freshStruct(n: int) -> struct.Struct:
+    """
+    The little-endian layout of C{n} readings' columns, as L{_LAYOUT} gives
+    it (the same bytes as C{array} writes, in one call).
+    """
+    return struct.Struct("<" + "".join(f"{n}{code}" for code, _ in _LAYOUT))
+
+
 def encodeFresh(columns: Columns) -> bytes:
     """
     The columns as plain arrays (44 bytes a reading plus a 5-byte header).
+
+    @raise OverflowError: A number does not fit its column.
     """
     n = len(columns.ids)
-    return _HEADER.pack(_FRESH, n) + b"".join(
-        (
-            _pack("q", columns.ids), _pack("q", columns.ts), _pack("q", columns.seqs),
-            _pack("d", columns.values), _pack("q", columns.received), _pack("i", columns.origins),
+    try:
+        # One struct call instead of six arrays: this runs once per series
+        # in every write batch, on the writer thread.
+        body = _freshStruct(n).pack(
+            *columns.ids, *columns.ts, *columns.seqs, *columns.values, *columns.received, *columns.origins
         )
-    )
+    except struct.error as e:
+        raise OverflowError(str(e)) from None
+    return _HEADER.pack(_FRESH, n) + body
 
 
 def decodeFresh(data: bytes) -> Columns:
