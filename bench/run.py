@@ -2,7 +2,7 @@
 sensornet's throughput benchmark: one command, ratios against a baseline
 measured in the same run.
 
-    python bench/run.py [--total N] [--sensors S] [--connections C] [--pg postgresql://...|temp]
+    python bench/run.py [--total N] [--sensors S] [--connections C] [--pg postgresql://...|temp] [--repeat R]
 
 Each server runs in its own process on 127.0.0.1; the load generator
 (bench/loadgen.py) runs in another and sends pipelined native lines with
@@ -37,10 +37,12 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -177,6 +179,7 @@ def main() -> None:
         help="lines per send on each connection (default 500: a relay's bursts; 1 is a sensor per line)",
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="time limit per row")
+    parser.add_argument("--repeat", type=int, default=1, help="measure every row this many times; print medians")
     parser.add_argument(
         "--pg", help="PostgreSQL URL for the postgresql row (its database is written to), or 'temp'"
     )
@@ -191,16 +194,20 @@ def main() -> None:
         server.initdb()
         server.start()
         try:
-            args.pg = server.createDatabase("bench")
-            run(args)
+            run(args, lambda i: server.createDatabase(f"bench{i}"))
         finally:
             server.destroy()
     else:
-        run(args)
+        if args.pg and args.repeat > 1:
+            raise SystemExit("--repeat with a PostgreSQL URL would store the same readings again (duplicates): "
+                             "use --pg temp, which makes a database per run")
+        run(args, lambda i: args.pg)
 
 
-def run(args: argparse.Namespace) -> None:
-
+def measureRows(args: argparse.Namespace, pgURL: Optional[str]) -> List[dict]:
+    """
+    One measurement of every row, each storing row into a new store.
+    """
     rows = []
     with tempfile.TemporaryDirectory(prefix="sensornet-bench-") as workdir:
         port = freePort()
@@ -226,22 +233,37 @@ def run(args: argparse.Namespace) -> None:
             sensornetCommand(port, "sqlite:" + path, workdir, logReadings=True, extra=("--compact-after", "1")),
             port, args, (path, path + "-wal"),
         ))
-        if args.pg:
+        if pgURL:
             port = freePort()
-            rows.append(measure("postgresql", sensornetCommand(port, args.pg, workdir), port, args))
+            rows.append(measure("postgresql", sensornetCommand(port, pgURL, workdir), port, args))
+    return rows
 
-    base = rows[2]["rate"] or 1.0
-    strict = rows[1]["rate"] or 1.0
-    print(f"workload: {args.total:,} readings from {rows[0]['sensors']:,} sensors over "
+
+def run(args: argparse.Namespace, pgURLs: Callable[[int], Optional[str]]) -> None:
+    """
+    Measure every row C{args.repeat} times (rows in the same order each
+    time, a new store each time: C{pgURLs(i)} gives repeat C{i}'s database)
+    and print, per row, the median rate, the median of its ratios to the
+    baselines of the same repeat, and the median CPU per reading.
+    """
+    repeats = [measureRows(args, pgURLs(i)) for i in range(args.repeat)]
+    print(f"workload: {args.total:,} readings from {repeats[0][0]['sensors']:,} sensors over "
           f"{args.connections} connections, {args.batch} lines per send; "
-          f"server and load pinned apart: {cores(args)[0] is not None}")
-    print(f"{'row':<12} {'readings/s':>12} {'vs line-acker':>14} {'vs line-only':>13} {'CPU us/reading':>15} "
+          f"server and load pinned apart: {cores(args)[0] is not None}; "
+          + (f"medians of {args.repeat} runs (ratio range in brackets)" if args.repeat > 1 else "one run"))
+    print(f"{'row':<12} {'readings/s':>12} {'vs line-acker':>22} {'vs line-only':>13} {'CPU us/reading':>15} "
           f"{'bytes/reading':>14} {'acked':>10} {'seconds':>8}")
-    for row in rows:
-        size = f"{row['bytes']:.1f}" if "bytes" in row else "-"
-        print(f"{row['name']:<12} {row['rate']:>12,.0f} {row['rate'] / base:>14.3f} {row['rate'] / strict:>13.3f} "
-              f"{row['cpu_us']:>15.2f} "
-              f"{size:>14} {row['acked']:>10} {row['seconds']:>8.2f}")
+    for index, row in enumerate(repeats[0]):
+        runs = [rows[index] for rows in repeats]
+        ratios = sorted(r["rate"] / (rows[2]["rate"] or 1.0) for r, rows in zip(runs, repeats))
+        strict = statistics.median(r["rate"] / (rows[1]["rate"] or 1.0) for r, rows in zip(runs, repeats))
+        spread = f" [{ratios[0]:.3f}-{ratios[-1]:.3f}]" if len(ratios) > 1 else ""
+        sizes = [r["bytes"] for r in runs if "bytes" in r]
+        size = f"{statistics.median(sizes):.1f}" if sizes else "-"
+        print(f"{row['name']:<12} {statistics.median(r['rate'] for r in runs):>12,.0f} "
+              f"{statistics.median(ratios):>8.3f}{spread:>14} {strict:>13.3f} "
+              f"{statistics.median(r['cpu_us'] for r in runs):>15.2f} "
+              f"{size:>14} {min(r['acked'] for r in runs):>10} {statistics.median(r['seconds'] for r in runs):>8.2f}")
 
 
 if __name__ == "__main__":
