@@ -25,6 +25,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 
+from .accounting import ChunkAccounting
 from .caps import (
     AUTO,
     DEFAULT_EXEMPT,
@@ -44,7 +45,6 @@ from .feed import LiveFeed
 from .gctuning import CollectorTuning, logThresholdFromEnvironment
 from .identity.auth import DEFAULT_ANONYMOUS_FROM, AnonymousNetworks, SensorAccess, anonymousExposure
 from .interfaces import IReadingSink, IStoreQueries
-from .accounting import ChunkAccounting
 from .listening import ListeningService, OpenConnections
 from .metrics import ServerMetrics
 from .protocol import (
