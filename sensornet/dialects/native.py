@@ -54,7 +54,7 @@ from ._common import (
     quote,
 )
 
-__all__ = ["parseCanonical", "parseFast", "parseSlow", "formatNative"]
+__all__ = ["parseCanonical", "parseCanonicalChunk", "parseFast", "parseSlow", "formatNative"]
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -154,6 +154,60 @@ def parseCanonical(line: bytes) -> Optional[Reading]:
             return None
         ts = ns / NS_PER_SECOND
     return Reading(names[0], names[1], value, names[2], ts, seq, "native")
+
+
+# The canonical shape of L{_HEAD} and L{_REST} as one line of a chunk: with
+# MULTILINE, ^ and $ are a line's ends, and no group admits a newline, so a
+# match is always one whole line.
+_CHUNK = re.compile(
+    rb"^(" + _NAME + rb",sensor=" + _NAME + rb"(?:,unit=" + _NAME + rb")?) "
+    rb"value=([0-9.eE+-]+)(?:,seq=([0-9]{1,19})[iu])?(?: (-?[0-9]{1,19}))?$",
+    re.MULTILINE,
+).findall
+
+
+def parseCanonicalChunk(lines: List[bytes]) -> Optional[List[Reading]]:
+    """
+    All of C{lines} (a chunk's complete lines, without their C{\n}) parsed
+    as L{parseCanonical} parses each, in one pass over the chunk in C and
+    one short loop: what a relay's chunk of hundreds of readings costs.
+
+    Returns the readings, in order, exactly those L{parseCanonical} gives
+    line by line; or L{None} when any line is not in the canonical shape or
+    anything in one is wrong (a name not seen before included): the caller
+    then parses line by line, which says what is wrong where. Never raises.
+    """
+    try:
+        matches = _CHUNK(b"\n".join(lines))
+        if len(matches) != len(lines):
+            return None
+        heads = _heads
+        readings: List[Reading] = []
+        add = readings.append
+        for head, valueRaw, seqRaw, tsRaw in matches:
+            names = heads.get(head)
+            if names is None:
+                return None
+            value = float(valueRaw)
+            if value - value != 0.0:
+                return None
+            if seqRaw:
+                seq: Optional[int] = int(seqRaw)
+                if seq >= SEQ_LIMIT:  # type: ignore[operator]
+                    return None
+            else:
+                seq = None
+            if tsRaw:
+                ns = int(tsRaw)
+                if ns > MAX_NS or ns < MIN_NS:
+                    return None
+                ts: Optional[float] = ns / NS_PER_SECOND
+            else:
+                ts = None
+            add(Reading(names[0], names[1], value, names[2], ts, seq, "native"))
+        return readings
+    except Exception:
+        return None
 
 
 def parseFast(head: bytes, rest: bytes) -> Optional[Reading]:
