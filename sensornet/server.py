@@ -89,6 +89,8 @@ class ServerConfig:
     @ivar logReadings: Log every received reading (the seed's C{log.txt}).
     @ivar maxBatch: Most readings in one committed batch.
     @ivar maxDelay: Seconds a batch may wait to gather more readings.
+    @ivar batchInterval: Least seconds between the starts of two batches
+        that are not full (L{sensornet.writer.BatchWriter}).
     @ivar closeTimeout: Seconds a stopping server waits for connections to
         take their last replies before it aborts them (sensor connections,
         then HTTP connections: each group gets this long).
@@ -143,6 +145,7 @@ class ServerConfig:
     logReadings: bool = True
     maxBatch: int = 5000
     maxDelay: float = 0.002
+    batchInterval: float = 0.0
     closeTimeout: float = 10.0
     maxClockSkew: Optional[float] = DEFAULT_MAX_CLOCK_SKEW
     handshakeTimeout: Optional[float] = DEFAULT_HANDSHAKE_TIMEOUT
@@ -206,6 +209,7 @@ class SensorServerService(OffersLogObserver, MultiService):
                 self.feed,
                 maxBatch=config.maxBatch,
                 maxDelay=config.maxDelay,
+                batchInterval=config.batchInterval,
                 storeFactory=self._newStore,
             )
             self.writer.setServiceParent(self)

@@ -17,6 +17,17 @@ next batch takes up to C{maxBatch} of them as soon as it is done. Under load
 the batches grow by themselves, so the cost of a commit (an fsync, a network
 round trip) is shared by thousands of readings.
 
+At a fleet's steady trickle they do not: each batch holds what arrived
+during the last commit (W2, 19,000 sensors every 2 s: 10 readings at the
+median, a commit taking about 1 ms), and the fixed costs of a commit, on the
+writer thread and on the reactor's (waking it, settling the batch), are
+most of the server's CPU per reading. C{batchInterval} trades latency for
+that CPU: a batch that is not full starts no sooner than C{batchInterval}
+after the previous one started. Measured on W2 (four alternated pairs, the
+durable SQLite store, 0 against 0.002 s): CPU per reading 91-93 against
+67-72 us, ack p50 1.2-1.5 against 3.7 ms, p99 13-37 against 19-27 ms. The
+default, 0, keeps the latency; a server short of CPU can buy headroom.
+
 The lifecycle is an explicit state machine, built with Automat's
 C{TypeMachineBuilder} as Twisted's C{ClientService} is, with its mutable data
 in one L{_Core}::
@@ -26,9 +37,11 @@ in one L{_Core}::
     Unstarted        not started yet; submissions wait   start -> Opening; stop -> Stopped
     Opening          opening the store on the runner     opened -> Idle; failed -> BackingOff
     BackingOff       waiting to try opening again        retry due -> Opening
-    Idle             store open, nothing in flight       queued -> Gathering; write now -> Writing
-                                                         (drained: stays)
+    Idle             store open, nothing in flight       queued, spacing -> Gathering;
+                                                         write now -> Writing (drained: stays)
     Gathering        waiting maxDelay for more readings  write now (full, or timer) -> Writing
+                     (or what is left of batchInterval
+                     since the last batch started)
     Writing          one batch in flight                 written -> Idle; failed -> BackingOff
     Draining         stop asked, store open, nothing     write now -> DrainWriting;
                      in flight (momentary)               drained -> Stopped
@@ -112,7 +125,10 @@ from .reading import Reading
 from .store import StoreUnavailable, parseStoreURL, redactURL, storeFromURL
 from .store.threads import WorkerThreads
 
-__all__ = ["BatchWriter"]
+__all__ = ["BatchWriter", "MAX_BATCH_INTERVAL"]
+
+#: The most C{batchInterval} may be: it is added to readings' latency.
+MAX_BATCH_INTERVAL = 1.0
 
 _STOPPED = "the store writer has stopped"
 _GAVE_UP = "not stored: the server is stopping and the store is unavailable"
@@ -169,6 +185,12 @@ class _Inputs(Protocol):
         over, or readings waited while the store was busy or opening.
         """
 
+    def _spaceNext(self, delay: float) -> None:
+        """
+        Readings wait, but the last batch started less than
+        C{batchInterval} ago: gather for C{delay} more seconds.
+        """
+
     def _batchWritten(self, outcome: Outcome) -> None:
         """
         The batch in flight is done without a transient failure (readings
@@ -205,6 +227,8 @@ class _Core:
         of the last run, while it is in progress.
     @ivar startAgain: C{start} came while stopping: start again once
         stopped.
+    @ivar lastStart: When (C{clock.seconds()}) the last batch was handed to
+        the runner, or L{None} before the first.
     """
 
     storeURL: str
@@ -216,6 +240,7 @@ class _Core:
     pressure: Pressure
     maxBatch: int
     maxDelay: float
+    batchInterval: float
     stopTimeout: float
     initialBackoff: float
     maxBackoff: float
@@ -233,6 +258,7 @@ class _Core:
     stopWaiters: List[Deferred[None]] = field(default_factory=list)
     closeWaiters: Optional[List[Deferred[None]]] = None
     startAgain: bool = False
+    lastStart: Optional[float] = None
     _later: Deque[Callable[[], None]] = field(default_factory=deque)
     _depth: int = 0
 
@@ -300,6 +326,15 @@ class _Core:
 
     def full(self) -> bool:
         return self.queue.queued >= self.maxBatch
+
+    def spacing(self) -> float:
+        """
+        Seconds until C{batchInterval} has passed since the last batch
+        started (0 when it has, or when there was none).
+        """
+        if self.lastStart is None or not self.batchInterval:
+            return 0.0
+        return max(0.0, self.lastStart + self.batchInterval - self.clock.seconds())
 
     def nextBackoff(self) -> float:
         """
@@ -394,6 +429,7 @@ def _write(c: _Inputs, s: _Core) -> None:
     runner, store = s.runner, s.store
     assert runner is not None and store is not None
     batch = s.batch = s.queue.take(s.maxBatch)
+    s.lastStart = s.clock.seconds()
 
     def written(outcome: Outcome) -> None:
         if s.runner is not runner:
@@ -557,8 +593,18 @@ def _makeMachine() -> Callable[[_Core], _Inputs]:
     # -- opening ----------------------------------------------------------------
 
     def carryOn(c: _Inputs, s: _Core) -> None:
-        # In Idle or Draining, the next step depends on the queue.
-        c._writeNow() if s.queue.queued else c._drained()
+        # In Idle or Draining, the next step depends on the queue. Only a
+        # running writer spaces its batches (a stopping one has a deadline
+        # and writes what is left at once).
+        if not s.queue.queued:
+            c._drained()
+            return
+        delay = s.spacing() if s.deadline is None and not s.full() else 0.0
+        c._spaceNext(delay) if delay > 0 else c._writeNow()
+
+    @Idle.upon(_Inputs._spaceNext).to(Gathering)
+    def spaceNext(c: _Inputs, s: _Core, delay: float) -> None:
+        s.gather = s.clock.callLater(delay, s.dispatch, c._writeNow)
 
     def remember(s: _Core, store: IStore) -> None:
         s.store = store
@@ -720,6 +766,9 @@ class BatchWriter(Service):
     @param maxBatch: Most readings in one transaction.
     @param maxDelay: Seconds an idle writer waits to gather readings into a
         batch.
+    @param batchInterval: Least seconds between the starts of two batches,
+        unless C{maxBatch} readings wait (0: the next batch starts as soon
+        as the previous one is done). See the module docstring.
     @param highWater: Backlog above which observers are told to stop
         reading from sockets.
     @param lowWater: Backlog below which they are told to resume.
@@ -751,6 +800,7 @@ class BatchWriter(Service):
         feed: Optional[LiveFeed] = None,
         maxBatch: int = 5000,
         maxDelay: float = 0.002,
+        batchInterval: float = 0.0,
         highWater: int = 100_000,
         lowWater: int = 25_000,
         storeFactory: Optional[Callable[[str], IStore]] = None,
@@ -764,6 +814,8 @@ class BatchWriter(Service):
             raise ValueError("maxBatch must be at least 1")
         if not 0 <= lowWater <= highWater:
             raise ValueError("need 0 <= lowWater <= highWater")
+        if not 0 <= batchInterval <= MAX_BATCH_INTERVAL:
+            raise ValueError(f"batchInterval must be between 0 and {MAX_BATCH_INTERVAL} seconds")
         if runnerFactory is None:
             runnerFactory = _threadRunner(IReactorFromThreads(reactor))
         self.storeURL = storeURL
@@ -772,6 +824,7 @@ class BatchWriter(Service):
         self.feed = feed
         self.maxBatch = maxBatch
         self.maxDelay = maxDelay
+        self.batchInterval = batchInterval
         self.highWater = highWater
         self.lowWater = lowWater
         self.stopTimeout = stopTimeout
@@ -786,6 +839,7 @@ class BatchWriter(Service):
             pressure=self._pressure,
             maxBatch=maxBatch,
             maxDelay=maxDelay,
+            batchInterval=batchInterval,
             stopTimeout=stopTimeout,
             initialBackoff=self.initialBackoff,
             maxBackoff=self.maxBackoff,

@@ -74,6 +74,25 @@ def test_store_url_can_come_from_the_environment(monkeypatch, tmp_path):
     assert "not set" in str(e.value)
 
 
+def test_batch_interval_reaches_the_writer_and_is_bounded(tmp_path):
+    """
+    --batch-interval is 0 by default (a batch starts as soon as the previous
+    one is done), reaches the writer, and is refused outside 0 to 1 s.
+    """
+    store = f"sqlite:{tmp_path / 'x.db'}"
+    options = servertap.Options()
+    options.parseOptions(["--store", store, "--http", "none"])
+    assert options.toConfig().batchInterval == 0.0
+    options = servertap.Options()
+    options.parseOptions(["--store", store, "--http", "none", "--batch-interval", "0.002"])
+    service = servertap.makeService(options, ThreadAwareMemoryReactor())
+    assert service.writer.batchInterval == 0.002
+    for bad in ("-0.001", "1.5", "nan", "inf"):
+        with pytest.raises(usage.UsageError) as e:
+            servertap.Options().parseOptions(["--batch-interval", bad])
+        assert "--batch-interval" in str(e.value)
+
+
 def test_no_log_readings_flag_reaches_the_factory():
     service, _ = serverService("--store", "none", "--http", "none", "--no-log-readings")
     assert service.factory.logReadings is False

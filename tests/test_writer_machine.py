@@ -309,6 +309,71 @@ def test_busy_writer_accumulates_then_takes_up_to_max_batch() -> None:
     assert harness.clock.getDelayedCalls() == []
 
 
+def test_batch_interval_spaces_batches_unless_full() -> None:
+    """
+    With a C{batchInterval}, a batch that is not full starts that long after
+    the previous one started: what is left of it after a quick commit,
+    nothing after a slow one; a full batch never waits.
+    """
+    harness = Harness(maxBatch=5, maxDelay=0.004, batchInterval=0.004)
+    writer = harness.started()
+    writer.submit(readings("a", 1))
+    assert harness.nextDelay() == 0.004
+    harness.clock.advance(0.004)
+    writer.submit(readings("b", 1))
+    harness.clock.advance(0.001)
+    harness.runner.runNext()
+    # The first batch took 1 ms: the second starts 3 ms later, 4 ms after
+    # the first started, with what came meanwhile.
+    assert harness.runner.pending() == []
+    assert abs(harness.nextDelay() - 0.003) < 1e-9
+    writer.submit(readings("c", 1))
+    harness.clock.advance(0.003)
+    assert harness.runner.pending() == ["writeBatch"]
+    writer.submit(readings("d", 2))
+    harness.clock.advance(0.006)
+    harness.runner.runNext()
+    # That one took 6 ms, more than maxDelay: the next starts at once.
+    assert harness.runner.pending() == ["writeBatch"]
+    writer.submit(readings("e", 5))
+    harness.runner.runNext()
+    # Quick again, but a full batch waits: it goes at once.
+    assert harness.runner.pending() == ["writeBatch"]
+    harness.runner.runNext()
+    assert [[r.sensor for r in batch] for batch in harness.stores.written] == [
+        ["a"], ["b", "c"], ["d", "d"], ["e"] * 5,
+    ]
+    assert harness.clock.getDelayedCalls() == []
+
+
+def test_stopping_writer_does_not_space_batches() -> None:
+    """
+    Once stopping, the writer writes what is left at once, without waiting
+    out C{batchInterval} since the last batch started.
+    """
+    harness = Harness(maxBatch=5, maxDelay=1, batchInterval=1)
+    writer = harness.started()
+    writer.submit(readings("a", 5))
+    writer.submit(readings("b", 1))
+    stopped = writer.stopService()
+    harness.runner.runNext()
+    assert harness.runner.pending() == ["writeBatch"]
+    harness.runner.runNext()
+    assert [[r.sensor for r in batch] for batch in harness.stores.written] == [["a"] * 5, ["b"]]
+    harness.runner.runNext()
+    assert stopped.called
+
+
+def test_batch_interval_is_bounded() -> None:
+    """
+    A batch interval outside 0 to 1 s (it adds to every reading's latency),
+    or not a number, is refused.
+    """
+    for bad in (-0.001, 1.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="batchInterval"):
+            Harness(batchInterval=bad)
+
+
 def test_open_failure_backs_off_doubling_up_to_max_backoff() -> None:
     """
     While the store cannot be opened, the writer tries again after waits
