@@ -63,7 +63,12 @@ def logBoth(chunks: List[bytes], start: float, step: float) -> "tuple[str, str]"
         clock = Clock()
         clock.advance(start)
         protocol = serve(observer, batched, clock)
-        other = Logger(namespace="sensornet.test", observer=observer)
+        # Stamped by the test's clock, not the wall clock: the two runs
+        # must not differ by a second boundary crossed between them.
+        other = Logger(
+            namespace="sensornet.test",
+            observer=lambda event, observer=observer, clock=clock: observer({**event, "log_time": clock.seconds()}),
+        )
         for index, chunk in enumerate(chunks):
             protocol.dataReceived(chunk)
             if index % 3 == 1:
