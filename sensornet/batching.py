@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from .interfaces import IPressureObserver, IStore
 from .metrics import ServerMetrics
 from .reading import Reading
+from .runs import BatchReadings, ChunkReadings
 from .store import StoreRejected, StoreUnavailable
 
 __all__ = [
@@ -148,6 +149,7 @@ class Batch:
     __slots__ = ("readings", "segments")
 
     def __init__(self, readings: List[Reading], segments: List[Tuple[Call, int, int, int]]) -> None:
+        #: A L{BatchReadings} when the queue made it.
         self.readings = readings
         self.segments = segments
 
@@ -172,7 +174,9 @@ class SubmissionQueue:
         The next batch: up to C{most} readings, oldest first, skipping calls
         already settled.
         """
-        readings: List[Reading] = []
+        readings = BatchReadings()
+        # The chunks with runs (sensornet.runs), while every call has them.
+        parts = readings.parts
         segments: List[Tuple[Call, int, int, int]] = []
         room = most
         calls = self._calls
@@ -182,12 +186,20 @@ class SubmissionQueue:
                 calls.popleft()
                 continue
             start = call.taken
-            take = min(len(call.readings) - start, room)
+            source = call.readings
+            take = min(len(source) - start, room)
             segments.append((call, start, len(readings), take))
-            if start == 0 and take == len(call.readings):
-                readings.extend(call.readings)
+            if parts is not None:
+                if type(source) is not ChunkReadings:
+                    parts = readings.parts = None
+                elif start == 0 and take == len(source):
+                    parts.append((len(readings), source))
+                else:
+                    parts.append((len(readings), source.cut(start, start + take)))
+            if start == 0 and take == len(source):
+                readings.extend(source)
             else:
-                readings.extend(call.readings[start : start + take])
+                readings.extend(source[start : start + take])
             call.taken += take
             call.inFlight += take
             room -= take

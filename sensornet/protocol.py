@@ -575,7 +575,11 @@ class SensorProtocol(LineOnlyReceiver):
             rejected.append((index, error))
             errorReplies.append((len(readings), _errorLine(error)))
         if fast is not None:
-            readings.extend(fast)
+            # Every line a reading, all accepted: the chunk's list, with its
+            # runs, is what the store gets (see sensornet.runs).
+            fast.peer = peer
+            fast.receivedAt = now
+            chunk.readings = readings = fast
         if unauthorized:
             factory.metrics.readingsUnauthorized.inc(unauthorized)
         slots = chunk.slots

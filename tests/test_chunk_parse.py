@@ -20,6 +20,7 @@ from sensornet.dialects import native
 from sensornet.dialects._common import MAX_NS, SEQ_LIMIT
 from sensornet.dialects.native import parseCanonical, parseCanonicalChunk
 from sensornet.reading import Reading
+from sensornet.runs import ChunkReadings
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -92,6 +93,10 @@ class Principal:
         return sensor != "forbidden"
 
 
+#: What the last protocol L{serve} made submitted, call by call.
+SUBMITTED: List[List[Reading]] = []
+
+
 def serve(fastPath: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
     from sensornet.accounting import ChunkAccounting
     from sensornet.metrics import ServerMetrics
@@ -105,10 +110,13 @@ def serve(fastPath: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
     metrics = ServerMetrics()
     sink = ImmediateSink()
     stored: List[Reading] = []
+    submitted = SUBMITTED
+    del submitted[:]
     submit = sink.submit
 
     def keep(readings: List[Reading]) -> Any:
         stored.extend(readings)
+        submitted.append(readings)
         return submit(readings)
 
     sink.submit = keep  # type: ignore[method-assign]
@@ -176,4 +184,13 @@ def test_a_chunk_of_known_canonical_lines_takes_the_fast_path(monkeypatch: pytes
     assert transport.value() == b"".join(b"ack %d\n" % i for i in range(1, 7))
     assert [(r.sensor, r.value, r.seq, r.peer) for r in stored] == [
         (f"s{i % 3}", float(i), i, "10.0.2.135:54812") for i in range(1, 7)
+    ]
+    # Submitted with its runs (sensornet.runs), stamped as its readings are.
+    [submitted] = SUBMITTED
+    assert isinstance(submitted, ChunkReadings)
+    assert (submitted.peer, submitted.receivedAt) == ("10.0.2.135:54812", 1718100942.0)
+    assert [(names, positions, seqs) for names, positions, _, seqs, _ in submitted.runs.values()] == [
+        (("s1", "temperature", "C"), [0, 3], [1, 4]),
+        (("s2", "temperature", "C"), [1, 4], [2, 5]),
+        (("s0", "temperature", "C"), [2, 5], [3, 6]),
     ]

@@ -35,6 +35,7 @@ import re
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 
 from ..reading import LineError, Reading
+from ..runs import ChunkReadings, Run
 from ._common import (
     IMPLIED_UNITS,
     MAX_KIND,
@@ -166,28 +167,34 @@ _CHUNK = re.compile(
 ).findall
 
 
-def parseCanonicalChunk(lines: List[bytes]) -> Optional[List[Reading]]:
+def parseCanonicalChunk(lines: List[bytes]) -> Optional[ChunkReadings]:
     """
     All of C{lines} (a chunk's complete lines, without their C{\n}) parsed
     as L{parseCanonical} parses each, in one pass over the chunk in C and
     one short loop: what a relay's chunk of hundreds of readings costs.
 
     Returns the readings, in order, exactly those L{parseCanonical} gives
-    line by line; or L{None} when any line is not in the canonical shape or
-    anything in one is wrong (a name not seen before included): the caller
-    then parses line by line, which says what is wrong where. Never raises.
+    line by line, with their runs (L{ChunkReadings}: grouped by head as
+    they are parsed, so that the store can plan them per head); or L{None}
+    when any line is not in the canonical shape or anything in one is wrong
+    (a name not seen before included): the caller then parses line by line,
+    which says what is wrong where. Never raises.
     """
     try:
         matches = _CHUNK(b"\n".join(lines))
         if len(matches) != len(lines):
             return None
         heads = _heads
-        readings: List[Reading] = []
+        runs: Dict[bytes, Run] = {}
+        readings = ChunkReadings((), runs)
         add = readings.append
-        for head, valueRaw, seqRaw, tsRaw in matches:
-            names = heads.get(head)
-            if names is None:
-                return None
+        for index, (head, valueRaw, seqRaw, tsRaw) in enumerate(matches):
+            run = runs.get(head)
+            if run is None:
+                names = heads.get(head)
+                if names is None:
+                    return None
+                run = runs[head] = (names, [], [], [], [])
             value = float(valueRaw)
             if value - value != 0.0:
                 return None
@@ -204,7 +211,12 @@ def parseCanonicalChunk(lines: List[bytes]) -> Optional[List[Reading]]:
                 ts: Optional[float] = ns / NS_PER_SECOND
             else:
                 ts = None
+            names, positions, values, seqs, tss = run
             add(Reading(names[0], names[1], value, names[2], ts, seq, "native"))
+            positions.append(index)
+            values.append(value)
+            seqs.append(seq)
+            tss.append(ts)
         return readings
     except Exception:
         return None

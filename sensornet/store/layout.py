@@ -8,6 +8,9 @@ C{docs/storage.md}):
      (L{planBatch}, L{freshRows}), and one update of each series' summary
      row (L{summaryRows}): the cost per batch grows with the series in it,
      not with its readings, and every loop over readings here is one pass.
+     A batch of chunks that came with their runs (L{sensornet.runs}) is
+     planned per run when its readings are new for sure (L{planRuns}),
+     without that pass.
   2. The compactor, off the hot path, merges fresh rows older than a few
      seconds into compressed per-series I{blocks} (L{compact}), one block per
      series and hour, and folds exactly those readings into the 1-minute
@@ -26,7 +29,10 @@ a slow path only resends take.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from functools import partial
+from itertools import islice
+from operator import lt, mul
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from ..reading import Reading
 from .base import StoreRejected
@@ -43,6 +49,9 @@ from .codec import (
     rollups,
 )
 
+if TYPE_CHECKING:
+    from ..runs import ChunkReadings
+
 __all__ = [
     "MINUTE",
     "HOUR",
@@ -50,6 +59,7 @@ __all__ = [
     "SeriesEntry",
     "BatchPlan",
     "planBatch",
+    "planRuns",
     "settleCandidates",
     "freshRows",
     "summaryRows",
@@ -197,6 +207,91 @@ def planBatch(
     if candidates:
         nid = settleCandidates(readings, candidates, entries, groups, indexes, duplicates, origin, nid, storedSeqs)
     return BatchPlan(groups, indexes, duplicates, nid)
+
+
+_MICRO = partial(mul, 1_000_000)
+
+
+def planRuns(
+    parts: Sequence[Tuple[int, "ChunkReadings"]],
+    size: int,
+    seriesByKey: Mapping[Tuple[str, str], SeriesEntry],
+    originsByKey: Mapping[Tuple[str, str, str], int],
+    nextId: int,
+) -> Optional[BatchPlan]:
+    """
+    What L{planBatch} plans for a batch of C{size} readings that came in
+    chunks with runs (L{sensornet.runs}), computed per run: the same plan,
+    or L{None} when this batch needs the per-reading path after all.
+
+    It returns L{None}, changing nothing, unless every series and origin is
+    known already (C{seriesByKey}, C{originsByKey}: the store's caches),
+    every value is finite, and every reading is new for sure: each sensor's
+    seqs, in batch order, rise strictly from above its high-water mark, and
+    no series or sensor with seqs has two runs in one chunk (their lines
+    could interleave). Readings without a seq are new by definition, but a
+    run must then have none at all. Otherwise it advances the high-water
+    marks, as L{planBatch} does.
+
+    @param parts: (index in the batch of the chunk's first reading, the
+        chunk), in batch order, covering the batch.
+    """
+    groups: Dict[int, Columns] = {}
+    indexes: Dict[int, List[int]] = {}
+    marks: Dict[int, Tuple[SensorState, int]] = {}
+    for offset, chunk in parts:
+        peer = chunk.peer
+        received = int(round(chunk.receivedAt * 1_000_000))
+        base = nextId + offset
+        seriesInChunk: Set[int] = set()
+        sensorsInChunk: Set[int] = set()
+        for names, positions, values, seqs, tss in chunk.runs.values():
+            entry = seriesByKey.get((names[0], names[1]))
+            origin = originsByKey.get((names[2], peer, "native"))
+            if entry is None or origin is None or entry.id in seriesInChunk:
+                return None
+            seriesInChunk.add(entry.id)
+            total = sum(values)
+            if total - total != 0.0:
+                return None
+            n = len(positions)
+            if None in seqs:
+                if seqs.count(None) != n:
+                    return None
+                seqColumn: List[int] = [NO_SEQ] * n
+            else:
+                state = entry.sensor
+                key = id(state)
+                if key in sensorsInChunk:
+                    return None
+                sensorsInChunk.add(key)
+                floor = marks[key][1] if key in marks else state.highWater
+                if seqs[0] <= floor or (n > 1 and not all(map(lt, seqs, islice(seqs, 1, None)))):  # type: ignore[operator,arg-type]
+                    return None
+                marks[key] = (state, seqs[-1])  # type: ignore[assignment]
+                seqColumn = seqs  # type: ignore[assignment]
+            if None in tss:
+                micro = [received if t is None else int(round(t * 1_000_000)) for t in tss]
+            else:
+                micro = list(map(round, map(_MICRO, tss)))  # type: ignore[arg-type]
+            group = groups.get(entry.id)
+            if group is None:
+                groups[entry.id] = Columns(
+                    list(map(base.__add__, positions)), micro, list(seqColumn), list(values), [received] * n,
+                    [origin] * n,
+                )
+                indexes[entry.id] = list(map(offset.__add__, positions))
+            else:
+                group.ids.extend(map(base.__add__, positions))
+                group.ts.extend(micro)
+                group.seqs.extend(seqColumn)
+                group.values.extend(values)
+                group.received.extend([received] * n)
+                group.origins.extend([origin] * n)
+                indexes[entry.id].extend(map(offset.__add__, positions))
+    for state, mark in marks.values():
+        state.highWater = mark
+    return BatchPlan(groups, indexes, [], nextId + size)
 
 
 def settleCandidates(

@@ -68,6 +68,7 @@ from .layout import (
     freshRows,
     fromMicroseconds,
     planBatch,
+    planRuns,
     wholeSeries,
     retentionRules,
     rollupTable,
@@ -609,6 +610,9 @@ class PostgreSQLStore(Store):
                 ids = sorted(state.id for state in states)
                 conn.execute(_LOCK_SENSORS, (ids,))
                 marks: Optional[psycopg.Cursor[Any]] = conn.execute(_HIGH_WATER, (ids,))
+                # Chunks that came with their runs are planned per run (one
+                # part only: the writer's batches); see SQLiteStore.write.
+                runs = getattr(readings, "parts", None) if len(readings) <= IDS_PER_RANGE else None
                 # One id range per part; the writer's batches are one part.
                 for start in range(0, len(readings), IDS_PER_RANGE):
                     nextRange = conn.execute(_NEXT_RANGE)
@@ -620,7 +624,12 @@ class PostgreSQLStore(Store):
                     row = nextRange.fetchone()
                     assert row is not None
                     part = readings[start:start + IDS_PER_RANGE]
-                    plan = self._plan(conn, part, row[0] * IDS_PER_RANGE, readings)
+                    plan = (
+                        planRuns(runs, len(part), self._seriesByKey, self._originsByKey, row[0] * IDS_PER_RANGE)
+                        if runs else None
+                    )
+                    if plan is None:
+                        plan = self._plan(conn, part, row[0] * IDS_PER_RANGE, readings)
                     rows = freshRows(plan)
                     if rows:
                         cursor = conn.cursor(binary=True)

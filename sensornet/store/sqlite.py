@@ -50,6 +50,7 @@ from .layout import (
     freshRows,
     fromMicroseconds,
     planBatch,
+    planRuns,
     wholeSeries,
     retentionRules,
     rollupTable,
@@ -730,13 +731,22 @@ class SQLiteStore(Store):
                         entry = get((name, kind))
                         return entry if entry is not None else self._seriesEntry(db, name, kind)
 
-                    plan = planBatch(
-                        readings,
-                        series,
-                        lambda unit, peer, dialect: self._originId(db, unit, peer, dialect),
-                        nextId,
-                        lambda state, lo, hi: self._storedSeqs(db, state, lo, hi),
+                    # Chunks that came with their runs are planned per run;
+                    # anything else (and a batch of runs that is not all new
+                    # for sure) reading by reading.
+                    parts = getattr(readings, "parts", None)
+                    plan = (
+                        planRuns(parts, len(readings), seriesCache, self._originsByKey, nextId)
+                        if parts else None
                     )
+                    if plan is None:
+                        plan = planBatch(
+                            readings,
+                            series,
+                            lambda unit, peer, dialect: self._originId(db, unit, peer, dialect),
+                            nextId,
+                            lambda state, lo, hi: self._storedSeqs(db, state, lo, hi),
+                        )
                     db.executemany(_INSERT_FRESH, freshRows(plan))
                     db.executemany(
                         _UPDATE_SERIES,
