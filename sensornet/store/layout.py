@@ -29,8 +29,7 @@ a slow path only resends take.
 
 from __future__ import annotations
 
-from functools import partial
-from itertools import islice
+from itertools import islice, repeat
 from operator import lt, mul
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -209,9 +208,6 @@ def planBatch(
     return BatchPlan(groups, indexes, duplicates, nid)
 
 
-_MICRO = partial(mul, 1_000_000)
-
-
 def planRuns(
     parts: Sequence[Tuple[int, "ChunkReadings"]],
     size: int,
@@ -255,7 +251,7 @@ def planRuns(
             if total - total != 0.0:
                 return None
             n = len(positions)
-            if None in seqs:
+            if seqs[0] is None:
                 if seqs.count(None) != n:
                     return None
                 seqColumn: List[int] = [NO_SEQ] * n
@@ -266,14 +262,20 @@ def planRuns(
                     return None
                 sensorsInChunk.add(key)
                 floor = marks[key][1] if key in marks else state.highWater
-                if seqs[0] <= floor or (n > 1 and not all(map(lt, seqs, islice(seqs, 1, None)))):  # type: ignore[operator,arg-type]
+                try:
+                    # Comparing with a None (seqs and none in one run)
+                    # raises: no scan for None first.
+                    if seqs[0] <= floor or not all(map(lt, seqs, islice(seqs, 1, None))):  # type: ignore[operator,arg-type]
+                        return None
+                except TypeError:
                     return None
                 marks[key] = (state, seqs[-1])  # type: ignore[assignment]
                 seqColumn = seqs  # type: ignore[assignment]
-            if None in tss:
+            try:
+                # int(round(ts * 1_000_000)), as planBatch has it, in C.
+                micro = list(map(round, map(mul, tss, repeat(1_000_000))))  # type: ignore[arg-type]
+            except TypeError:
                 micro = [received if t is None else int(round(t * 1_000_000)) for t in tss]
-            else:
-                micro = list(map(round, map(_MICRO, tss)))  # type: ignore[arg-type]
             group = groups.get(entry.id)
             if group is None:
                 groups[entry.id] = Columns(
