@@ -21,6 +21,7 @@ from .interfaces import IChunkObserver
 from .metrics import ServerMetrics
 from .reading import DIALECTS, LineError, Reading
 from .readinglog import ReadingLog, RejectedLogLimit, escapeText
+from .runs import ChunkReadings
 
 __all__ = ["ChunkAccounting"]
 
@@ -94,6 +95,9 @@ class ChunkAccounting:
         if readings:
             if len(readings) == 1:
                 self._received[readings[0].dialect].inc()
+            elif type(readings) is ChunkReadings:
+                # Parsed in one pass: native lines only.
+                self._received["native"].inc(len(readings))
             else:
                 counts: Dict[str, int] = {}
                 for reading in readings:

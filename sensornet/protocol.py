@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Collection, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, cast
 
 from constantly import NamedConstant, Names, ValueConstant, Values
@@ -52,6 +53,7 @@ from .dialects.native import parseCanonicalChunk
 from .interfaces import IChunkObserver, IPressureObserver, IReadingSink
 from .metrics import ServerMetrics
 from .reading import EMPTY_LINE, LineError, Reading
+from .runs import ChunkReadings
 from .wire import (
     ACK_PREFIX,
     AUTH_COMMAND,
@@ -214,6 +216,7 @@ def formatPeer(address: IAddress) -> str:
 
 # The replies, from the texts both ends of the wire rely on.
 _ACK_FORMAT = ACK_PREFIX.encode("ascii") + b"%d\n"
+_SEQ = attrgetter("seq")
 
 
 def _errorReply(seq: Optional[int], message: str) -> bytes:
@@ -535,15 +538,9 @@ class SensorProtocol(LineOnlyReceiver):
         # known head (a relay's, a fleet's) is parsed in one pass
         # (parseCanonicalChunk); its readings then only need the checks
         # below, all passed, or the chunk goes line by line after all.
-        fast = parseCanonicalChunk(lines) if len(lines) > 1 else None
-        if fast is not None:
-            for reading in fast:
-                if (reading.ts or now) <= horizon and (reading.sensor in sensors or self._admit(reading.sensor)):
-                    reading.peer = peer
-                    reading.received_at = now
-                else:
-                    fast = None
-                    break
+        fast = parseCanonicalChunk(lines, peer, now) if len(lines) > 1 else None
+        if fast is not None and not self._runsAccepted(fast, now, horizon):
+            fast = None
         # A local name: this loop runs once per line, at hundreds of
         # thousands of lines per second.
         addReading = readings.append
@@ -577,8 +574,6 @@ class SensorProtocol(LineOnlyReceiver):
         if fast is not None:
             # Every line a reading, all accepted: the chunk's list, with its
             # runs, is what the store gets (see sensornet.runs).
-            fast.peer = peer
-            fast.receivedAt = now
             chunk.readings = readings = fast
         if unauthorized:
             factory.metrics.readingsUnauthorized.inc(unauthorized)
@@ -705,6 +700,33 @@ class SensorProtocol(LineOnlyReceiver):
         self._flush()
         self.factory.principalConnected(self)
 
+    def _runsAccepted(self, fast: ChunkReadings, now: float, horizon: float) -> bool:
+        """
+        Whether every reading of C{fast} passes the checks the line-by-line
+        path makes (stamped at most C{horizon}, a reading without a time
+        counting as stamped C{now}; a sensor this connection may write as),
+        checked once per run: its latest time, its sensor. A sensor is
+        admitted as that path would (in the order of first lines), up to the
+        first run that fails; the chunk then goes line by line.
+        """
+        if horizon < now:
+            # Never so (the skew is not negative); but then a reading
+            # without a time fails, which the latest time cannot tell.
+            return False
+        sensors = self.sensors
+        for names, _, _, _, tss in fast.runs.values():
+            latest: Optional[float]
+            try:
+                latest = max(tss)  # type: ignore[type-var]
+            except TypeError:
+                # Readings with and without a time in one run.
+                latest = max((ts for ts in tss if ts is not None), default=None)
+            if latest is not None and latest > horizon:
+                return False
+            if names[0] not in sensors and not self._admit(names[0]):
+                return False
+        return True
+
     def _admit(self, sensor: str) -> bool:
         """
         Whether this connection may write as C{sensor}, which it has not
@@ -761,7 +783,10 @@ class SensorProtocol(LineOnlyReceiver):
             # Every line of the chunk was a reading and all are stored: the
             # usual chunk. When each is a native reading with a seq, its
             # replies are one format operation instead of one per line.
-            seqs = [reading.seq if reading.dialect == "native" else None for reading in readings]
+            seqs = (
+                list(map(_SEQ, readings)) if type(readings) is ChunkReadings
+                else [reading.seq if reading.dialect == "native" else None for reading in readings]
+            )
             if None not in seqs:
                 self._settle(chunk, (_ACK_FORMAT * len(seqs)) % tuple(seqs))
                 return

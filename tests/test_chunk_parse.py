@@ -104,7 +104,7 @@ def serve(fastPath: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     import sensornet.protocol as protocolModule
 
-    monkeypatch.setattr(protocolModule, "parseCanonicalChunk", parseCanonicalChunk if fastPath else lambda lines: None)
+    monkeypatch.setattr(protocolModule, "parseCanonicalChunk", parseCanonicalChunk if fastPath else lambda lines, *stamp: None)
     clock = Clock()
     clock.advance(1718100942.0)
     metrics = ServerMetrics()

@@ -167,7 +167,7 @@ _CHUNK = re.compile(
 ).findall
 
 
-def parseCanonicalChunk(lines: List[bytes]) -> Optional[ChunkReadings]:
+def parseCanonicalChunk(lines: List[bytes], peer: str = "", receivedAt: float = 0.0) -> Optional[ChunkReadings]:
     """
     All of C{lines} (a chunk's complete lines, without their C{\n}) parsed
     as L{parseCanonical} parses each, in one pass over the chunk in C and
@@ -175,7 +175,8 @@ def parseCanonicalChunk(lines: List[bytes]) -> Optional[ChunkReadings]:
 
     Returns the readings, in order, exactly those L{parseCanonical} gives
     line by line, with their runs (L{ChunkReadings}: grouped by head as
-    they are parsed, so that the store can plan them per head); or L{None}
+    they are parsed, so that the store can plan them per head), each
+    reading and the list stamped with C{peer} and C{receivedAt}; or L{None}
     when any line is not in the canonical shape or anything in one is wrong
     (a name not seen before included): the caller then parses line by line,
     which says what is wrong where. Never raises.
@@ -187,6 +188,8 @@ def parseCanonicalChunk(lines: List[bytes]) -> Optional[ChunkReadings]:
         heads = _heads
         runs: Dict[bytes, Run] = {}
         readings = ChunkReadings((), runs)
+        readings.peer = peer
+        readings.receivedAt = receivedAt
         add = readings.append
         for index, (head, valueRaw, seqRaw, tsRaw) in enumerate(matches):
             run = runs.get(head)
@@ -212,7 +215,7 @@ def parseCanonicalChunk(lines: List[bytes]) -> Optional[ChunkReadings]:
             else:
                 ts = None
             names, positions, values, seqs, tss = run
-            add(Reading(names[0], names[1], value, names[2], ts, seq, "native"))
+            add(Reading(names[0], names[1], value, names[2], ts, seq, "native", peer, receivedAt))
             positions.append(index)
             values.append(value)
             seqs.append(seq)
