@@ -73,6 +73,11 @@ from run import cpuSeconds, freePort, sensornetCommand, stopServer, waitPort  # 
 # The descriptors a server keeps besides its sensors' (listeners, log files,
 # the store, epoll, HTTP): what the open-file hard limit must leave free.
 FD_RESERVE = 100
+
+#: Seconds a load process keeps receiving after its last send, for the acks
+#: still on their way (see loadProcess).
+DRAIN_SECONDS = 2.0
+
 W2_SENSORS = 19_000
 
 
@@ -121,7 +126,8 @@ def loadProcess(index, port, count, interval, duration, connected, go, results, 
     """
     One load process: open C{count} connections, report, wait for C{go},
     then send at cadence for C{duration} seconds and report latencies, each
-    with the time its line was sent. A reply of a bare C{ack} (the baseline
+    with the time its line was sent, and how many lines were never
+    acknowledged (after up to C{DRAIN_SECONDS} more of receiving). A reply of a bare C{ack} (the baseline
     server's, which knows no seqs) answers the oldest line outstanding on
     its connection, as replies come in line order.
     """
@@ -155,10 +161,33 @@ def loadProcess(index, port, count, interval, duration, connected, go, results, 
     phases = [interval * i / count for i in range(count)]
     cycle = 0
     pointer = 0
+
+    def receive(i):
+        data = buffers[i] + socks[i].recv(65536)
+        *lines, buffers[i] = data.split(b"\n")
+        t = time.monotonic()
+        for line in lines:
+            if line.startswith(b"ack "):
+                sent = sentAt[i].pop(int(line[4:]), None)
+            elif line == b"ack" and sentAt[i]:
+                sent = sentAt[i].pop(next(iter(sentAt[i])))
+            else:
+                sent = None
+            if sent is not None:
+                latencies.append(t - sent)
+                sends.append(sent)
+    # After the last send, acks still on their way are waited for (up to
+    # DRAIN_SECONDS, receiving only): what is left unacknowledged then was
+    # lost or is very late, not merely in flight when sending stopped.
+    drainUntil = end + DRAIN_SECONDS
     while True:
         now = time.monotonic()
         if now >= end:
-            break
+            if now >= drainUntil or not any(sentAt):
+                break
+            for key, _ in sel.select(timeout=0.01):
+                receive(key.data)
+            continue
         # Send every sensor whose turn has come.
         while now >= start + cycle * interval + phases[pointer]:
             i = pointer
@@ -174,20 +203,7 @@ def loadProcess(index, port, count, interval, duration, connected, go, results, 
                 pointer = 0
                 cycle += 1
         for key, _ in sel.select(timeout=0.002):
-            i = key.data
-            data = buffers[i] + socks[i].recv(65536)
-            *lines, buffers[i] = data.split(b"\n")
-            t = time.monotonic()
-            for line in lines:
-                if line.startswith(b"ack "):
-                    sent = sentAt[i].pop(int(line[4:]), None)
-                elif line == b"ack" and sentAt[i]:
-                    sent = sentAt[i].pop(next(iter(sentAt[i])))
-                else:
-                    sent = None
-                if sent is not None:
-                    latencies.append(t - sent)
-                    sends.append(sent)
+            receive(key.data)
     unacked = sum(len(d) for d in sentAt)
     for s in socks:
         s.close()
