@@ -17,8 +17,8 @@ a test's list) is planned reading by reading, as before.
 from __future__ import annotations
 
 from bisect import bisect_left
-from operator import itemgetter, sub
 from itertools import repeat
+from operator import itemgetter, sub
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .reading import Reading

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 from itertools import islice, repeat
 from operator import lt, mul
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple,
+)
 
 from ..reading import Reading
 from .base import StoreRejected
@@ -265,7 +267,8 @@ def planRuns(
                 try:
                     # Comparing with a None (seqs and none in one run)
                     # raises: no scan for None first.
-                    if seqs[0] <= floor or not all(map(lt, seqs, islice(seqs, 1, None))):  # type: ignore[operator,arg-type]
+                    rising = all(map(lt, seqs, islice(seqs, 1, None)))  # type: ignore[arg-type]
+                    if seqs[0] <= floor or not rising:  # type: ignore[operator]
                         return None
                 except TypeError:
                     return None
