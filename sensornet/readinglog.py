@@ -28,7 +28,7 @@ no sensor can move a terminal's cursor or forge a log line.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -102,7 +102,7 @@ class ReadingLog:
         template = self._event(LogLevel.info, peerText, when)
         if self.batched:
             prefix = "Received from " + peerText + ": "
-            texts = [_lineText(line) for line in lines]
+            texts = _linesText(lines if isinstance(lines, list) else list(lines))
             if texts:
                 # For any other observer, a format rendering every line.
                 template["log_format"] = _literal(prefix + ("\n" + prefix).join(texts))
@@ -241,6 +241,25 @@ def _lineText(line: bytes) -> str:
     if not text.isprintable():
         text = escapeText(text)
     return text
+
+
+#: The bytes of a chunk of lines that need no escaping as log text:
+#: printable ASCII, and the newlines between the lines.
+_PLAIN = bytes(range(0x20, 0x7F)) + b"\n"
+
+
+def _linesText(lines: List[bytes]) -> List[str]:
+    """
+    L{_lineText} of each of C{lines}, the whole chunk at once when it is
+    printable ASCII (a fleet's chunks are): one check and one decode in C
+    instead of a call a line.
+    """
+    if not lines:
+        return []
+    joined = b"\n".join(lines)
+    if joined.translate(None, _PLAIN):
+        return [_lineText(line) for line in lines]
+    return joined.decode("ascii").split("\n")
 
 
 def _literal(text: str) -> str:

@@ -8,10 +8,12 @@ from __future__ import annotations
 from io import StringIO
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.logger import Logger, LogLevel, formatEvent, textFileLogObserver
 
 from sensornet.reading import LineError
-from sensornet.readinglog import ReadingLog, escapeLine, escapeText
+from sensornet.readinglog import ReadingLog, _lineText, _linesText, escapeLine, escapeText
 
 
 @pytest.mark.parametrize(
@@ -72,3 +74,27 @@ def test_a_refused_line_is_a_warning_with_its_reason():
     log.rejected("10.0.2.135:54812", 1718100942.5, b"x\x1b\r", LineError("unrecognised line"))
     (line,) = out.getvalue().splitlines()
     assert line.endswith(" [test.readinglog#warn] Rejected from 10.0.2.135:54812 (unrecognised line): x\\x1b")
+
+
+_LINE = st.one_of(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+    st.sampled_from([b"t,sensor=a value=1,seq=1i", b"", b"x\x7f", b"x\r", b"\r", b"a\x1b[2J", b"\xc3\xa9", b"\xff"]),
+)
+
+
+@given(st.lists(_LINE, max_size=8))
+def test_a_chunk_of_lines_becomes_the_texts_its_lines_do(lines):
+    """
+    L{_linesText}'s whole-chunk path gives, for any lines (control
+    characters, DEL, CR, invalid UTF-8, blanks), exactly what
+    L{_lineText} gives line by line.
+    """
+    assert _linesText(lines) == [_lineText(line) for line in lines]
+
+
+def test_every_byte_in_a_printable_chunk_is_escaped_as_alone():
+    for byte in range(256):
+        if byte == 0x0A:
+            continue
+        lines = [b"t,sensor=a value=1", b"before" + bytes([byte]) + b"after"]
+        assert _linesText(lines) == [_lineText(line) for line in lines], byte
