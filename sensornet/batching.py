@@ -189,17 +189,14 @@ class SubmissionQueue:
             source = call.readings
             take = min(len(source) - start, room)
             segments.append((call, start, len(readings), take))
-            if parts is not None:
-                if type(source) is not ChunkReadings:
-                    parts = readings.parts = None
-                elif start == 0 and take == len(source):
-                    parts.append((len(readings), source))
-                else:
-                    parts.append((len(readings), source.cut(start, start + take)))
-            if start == 0 and take == len(source):
-                readings.extend(source)
+            whole = start == 0 and take == len(source)
+            if parts is not None and type(source) is ChunkReadings:
+                part = source if whole else source.cut(start, start + take)
+                parts.append((len(readings), part))
+                readings.extend(part)
             else:
-                readings.extend(source[start : start + take])
+                parts = readings.parts = None
+                readings.extend(source if whole else source[start : start + take])
             call.taken += take
             call.inFlight += take
             room -= take
