@@ -320,6 +320,7 @@ def test_maintenance_compacts_old_fresh_rows_and_counts_them(reactor, tmp_path):
     metrics = ServerMetrics()
     service = StoreMaintenance(url, reactor, metrics, compactAfter=0.5)
     service.interval = 0.1
+    service.statsInterval = 0.1
     service.startService()
     try:
         yield waitFor(reactor, lambda: service.compacted == 500, timeout=20, what="compaction")
@@ -354,10 +355,10 @@ def test_maintenance_survives_a_failing_store_and_counts_failures(reactor, tmp_p
     broken = [True]
 
     class Flaky(SQLiteStore):
-        def compactOnce(self, upTo: int, limit: int) -> int:
+        def compactSeries(self, upTo: int, limit: int, after: int, through: int) -> Tuple[int, int]:
             if broken[0]:
                 raise sqlite3.OperationalError("disk I/O error")
-            return super().compactOnce(upTo, limit)
+            return super().compactSeries(upTo, limit, after, through)
 
     metrics = ServerMetrics()
     service = StoreMaintenance(url, reactor, metrics, compactAfter=0.0, openStore=lambda u: Flaky(u[7:]))
@@ -530,3 +531,119 @@ def test_a_series_with_and_without_seqs_up_to_the_largest_compacts(store_url) ->
         assert sorted(r["seq"] for r in before if r["seq"] is not None) == [2**63 - 1]
     finally:
         store.close()
+
+
+class SweepRecorder:
+    """
+    A store that records the compactor's sweep: the series ranges asked
+    for, and moves one reading per series in them.
+    """
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self.visits: List[int] = []
+
+    def lastSeriesId(self) -> int:
+        return self.last
+
+    def compactSeries(self, upTo: int, limit: int, after: int, through: int) -> Tuple[int, int]:
+        # Like a real store, at most `limit` series a call.
+        end = min(through, after + limit)
+        self.visits.extend(range(after + 1, end + 1))
+        return end - after, end
+
+
+@pytest.mark.parametrize("last, compactAfter, interval", [(100, 10.0, 1.0), (7, 60.0, 1.0), (19_000, 60.0, 1.0),
+                                                         (50, 0.0, 1.0), (3, 0.5, 0.1)])
+def test_the_sweep_visits_every_series_once_per_compact_after(last: int, compactAfter: float,
+                                                             interval: float) -> None:
+    """
+    Round after round, the sweep visits the series in id order, each
+    exactly once per sweep, and a sweep takes C{compactAfter} seconds of
+    rounds (one round when that is shorter than a round), however the
+    series split into calls.
+    """
+    from twisted.internet.task import Clock
+
+    service = StoreMaintenance("sqlite::memory:", Clock(), compactAfter=compactAfter)
+    service.interval = interval
+    service.compactRows = 7
+    store = SweepRecorder(last)
+    rounds = max(1, math.ceil(max(compactAfter, interval) / interval))
+    perSweep = []
+    for _ in range(3):
+        store.visits = []
+        for _ in range(rounds):
+            service._sweep(store, upTo=1)  # type: ignore[arg-type]
+        perSweep.append(store.visits)
+    assert perSweep == [list(range(1, last + 1))] * 3
+
+
+@pytest.mark.timeout(120)
+def test_a_sensor_at_the_fleet_cadence_gets_blocks_of_a_sweep(store_url) -> None:
+    """
+    Sixty series sending every 2 s (half of them each second, like a
+    fleet), with a round a second and compactAfter 10 s: each visit of the
+    sweep merges about five readings of a series into one block, where
+    compacting every old row each round made a block of each reading. No
+    reading waits in a fresh row much over twice compactAfter, and nothing
+    is lost or counted twice.
+    """
+    from twisted.internet.task import Clock
+
+    service = StoreMaintenance(store_url, Clock(), compactAfter=10.0)
+    writer = openStore(store_url)
+    base = (int(NOW) // 3600 - 2) * 3600 + 60.0
+    marks = []
+    try:
+        for second in range(90):
+            writer.write([
+                Reading(f"fleet{k}", "temperature", 20.0 + k + second / 100, "C", ts=base + second, seq=second,
+                        dialect="native", peer="127.0.0.1:4000", received_at=base + second)
+                for k in range(60) if k % 2 == second % 2
+            ])
+            marks.append(writer.freshWatermark())
+            service._round(float(second), base + second)
+        rows = allReadings(writer)
+        assert len(rows) == 90 * 30
+        assert len({(r["sensor"], r["seq"]) for r in rows}) == len(rows)
+        db = writer._connection()
+        blocks, inBlocks = db.execute("SELECT count(*), sum(n) FROM blocks").fetchone()
+        assert inBlocks >= 90 * 30 - 2 * 11 * 30
+        assert inBlocks / blocks >= 3.5, (blocks, inBlocks)
+        # Rows written more than 2 * compactAfter + a round ago are gone.
+        oldest = db.execute("SELECT min(id) FROM fresh").fetchone()[0]
+        assert oldest is None or oldest > marks[90 - 2 * 10 - 2]
+        assertRollupsExact(writer, base - 3600, base + 3600)
+    finally:
+        service._drop()
+        writer.close()
+
+
+def test_the_size_gauges_are_read_once_per_stats_interval(tmp_path) -> None:
+    """
+    The store's size (a scan of every fresh row) is read for the gauges in
+    the first round and then once every statsInterval, not every round; the
+    rounds in between report no stats.
+    """
+    from twisted.internet.task import Clock
+
+    calls: List[float] = []
+
+    class Counting(SQLiteStore):
+        def fleetStats(self) -> Dict[str, int]:
+            calls.append(now)
+            return super().fleetStats()
+
+    url = f"sqlite:{tmp_path / 'g.db'}"
+    service = StoreMaintenance(url, Clock(), compactAfter=5.0, openStore=lambda u: Counting(u[7:]))
+    reported = []
+    try:
+        for step in range(31):
+            now = float(step)
+            reported.append(service._round(now, NOW + now)[2] is not None)
+    finally:
+        service._drop()
+    # The first round also reads it once for the disk estimate.
+    assert calls == [0.0, 0.0, 15.0, 30.0]
+    assert [k for k, r in enumerate(reported) if r] == [0, 15, 30]

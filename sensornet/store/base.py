@@ -21,6 +21,7 @@ from ..interfaces import IStore
 from ..reading import Reading
 
 __all__ = [
+    "ALL_SERIES",
     "DEFAULT_STORE",
     "Store",
     "StoreError",
@@ -36,6 +37,10 @@ __all__ = [
 #: The store a server uses when told nothing: an SQLite file in the working
 #: directory, which needs nothing installed.
 DEFAULT_STORE = "sqlite:sensornet.db"
+
+#: Above every series id (ids are 64-bit): L{Store.compactSeries}' C{through}
+#: for "to the last series".
+ALL_SERIES = 2**63 - 1
 
 class StoreError(Exception):
     """
@@ -184,6 +189,10 @@ class Store:
     #: L{open}, when the rules changed).
     retention: Any = None
 
+    #: Where L{compactOnce} goes on: the last series the previous call
+    #: finished (0: from the first).
+    _compactCursor: int = 0
+
     def open(self) -> None:
         """
         Connect, then create or migrate the schema to the newest version.
@@ -282,15 +291,42 @@ class Store:
         """
         raise NotImplementedError()
 
-    def compactOnce(self, upTo: int, limit: int) -> int:
+    def lastSeriesId(self) -> int:
         """
-        Merge at most C{limit} fresh rows with ids up to C{upTo} (oldest
-        first) into blocks and rollups, in one transaction (see
-        L{sensornet.store.layout}). Safe beside writers and other
-        compactors: a row is compacted once. Returns how many readings were
-        moved (0 when there was nothing to do).
+        The greatest series id there is (0 if none): the end of the
+        compactor's sweep over the series.
         """
         raise NotImplementedError()
+
+    def compactSeries(self, upTo: int, limit: int, after: int, through: int) -> Tuple[int, int]:
+        """
+        Merge at most C{limit} fresh rows with ids up to C{upTo}, of the
+        series with ids above C{after} and at most C{through}, in series
+        order, into blocks and rollups, in one transaction (see
+        L{sensornet.store.layout}). A series' rows go into one call
+        (L{sensornet.store.layout.wholeSeries}) unless it alone has more
+        than C{limit}. Safe beside writers and other compactors: a row is
+        compacted once.
+
+        @return: (readings moved, the series id the next call should start
+            after: C{through} once the range holds nothing more to do).
+        """
+        raise NotImplementedError()
+
+    def compactOnce(self, upTo: int, limit: int) -> int:
+        """
+        Merge at most C{limit} fresh rows with ids up to C{upTo} into blocks
+        and rollups, in one transaction, over all the series: each call goes
+        on after the series the previous one finished, and starts over at
+        the first once past the last (L{compactSeries}). Returns how many
+        readings were moved (0 when there was nothing to do).
+        """
+        after = self._compactCursor
+        moved, following = self.compactSeries(upTo, limit, after, ALL_SERIES)
+        if not moved and after:
+            moved, following = self.compactSeries(upTo, limit, 0, ALL_SERIES)
+        self._compactCursor = 0 if following >= ALL_SERIES else following
+        return moved
 
     def expireOnce(self, now: float, after: int, limit: int, rows: Optional[int] = None) -> Tuple[int, int]:
         """

@@ -478,20 +478,20 @@ def _splitBySpan(columns: Columns) -> List[Columns]:
     return windows
 
 
-def wholeSeries(rows: List[Any], limit: int) -> Tuple[List[Any], int]:
+def wholeSeries(rows: List[Any], limit: int) -> Tuple[List[Any], Optional[int]]:
     """
     Of fresh rows (id, series, ...) read in series order, C{limit} at most,
-    those to compact now and the series the next read starts after.
+    those to compact now and the series the next read starts after, or
+    L{None} when this read was short: it reached the end of its range.
 
     A series' pending rows are compacted together, so they make one block
     per hour and not a small block per call (the per-block work, rollups
     and encoding, is most of what compaction costs): the last series of a
     full read, perhaps cut short, is left whole for the next; a series that
-    fills a read alone is taken and continued by the next. A short read
-    reached the end: the next starts over (0).
+    fills a read alone is taken and continued by the next.
     """
     if len(rows) < limit:
-        return rows, 0
+        return rows, None
     last = rows[-1][1]
     if rows[0][1] == last:
         return rows, last - 1

@@ -6,9 +6,13 @@ thread and one database connection of their own.
 A round runs every C{interval} seconds, driven by the reactor's clock (so
 tests drive it with L{twisted.internet.task.Clock}); its blocking work runs
 on the maintenance thread, and a round never starts while the previous one
-is still running. Each round compacts the fresh rows written at least
-C{compactAfter} seconds earlier (at most C{compactBudget} readings a round,
-in transactions of C{compactRows} fresh rows), then expires the data of the
+is still running. Each round compacts the next slice of a sweep over the
+series in id order that takes C{compactAfter} seconds: of each series it
+visits, the fresh rows written at least C{compactAfter} seconds earlier
+become one block per hour-aligned window (at most C{compactBudget}
+readings a round, in transactions of C{compactRows} fresh rows). So a
+reading waits between C{compactAfter} and twice that in a fresh row, and a
+block holds what its series sent over C{compactAfter}. Then it expires the data of the
 next C{expireSeries} series, walking the series in id order and starting
 over at the end, in transactions of at most C{expireRows} deleted rows and
 at most C{expireBudget} rows a round: expiry is a small, steady trickle,
@@ -31,6 +35,7 @@ before the service does.
 from __future__ import annotations
 
 import collections
+import math
 import time
 from typing import Any, Callable, Deque, Optional, Tuple
 
@@ -60,6 +65,10 @@ class StoreMaintenance(Service):
     @ivar failures: Rounds that failed.
     @ivar compacted: Readings compacted so far.
     @ivar expired: Rows expired so far.
+
+    @cvar statsInterval: Seconds between two readings of the store's size
+        for the C{sensornet_store_fresh_readings} and
+        C{sensornet_store_series} gauges (a scan of every fresh row).
     """
 
     _log = Logger()
@@ -71,6 +80,7 @@ class StoreMaintenance(Service):
     expireRows = 500
     expireBudget = 20_000
     logInterval = 60.0
+    statsInterval = 15.0
 
     def __init__(
         self,
@@ -110,6 +120,11 @@ class StoreMaintenance(Service):
         # compactAfter seconds ago are old enough to compact.
         self._marks: Deque[Tuple[float, int]] = collections.deque()
         self._expireAfter = 0
+        # The compaction sweep's place: the last series id it finished.
+        self._sweepAfter = 0
+        self._sweepRound = 0
+        # When the gauges of the store's size are next read (reactor time).
+        self._statsDue = 0.0
         self._failingSince: Optional[float] = None
         self._lastLogged = 0.0
         self._unlogged = 0
@@ -157,10 +172,10 @@ class StoreMaintenance(Service):
 
         d.addBoth(finished)
 
-    def _round(self, now: float, wall: float) -> Tuple[int, int, dict]:
+    def _round(self, now: float, wall: float) -> Tuple[int, int, Optional[dict]]:
         """
         One round, on the maintenance thread: (readings compacted, rows
-        expired, the store's fleet stats).
+        expired, the store's fleet stats when they were due, else L{None}).
         """
         store = self._store
         if store is None:
@@ -183,12 +198,7 @@ class StoreMaintenance(Service):
             if upTo:
                 # Put it back: rows up to it written since may still wait.
                 self._marks.appendleft((now - self.compactAfter, upTo))
-            compacted = 0
-            while upTo and compacted < self.compactBudget:
-                moved = store.compactOnce(upTo, self.compactRows)
-                if not moved:
-                    break
-                compacted += moved
+            compacted = self._sweep(store, upTo) if upTo else 0
             expired = 0
             while True:
                 self._expireAfter, step = store.expireOnce(
@@ -199,10 +209,54 @@ class StoreMaintenance(Service):
                     break
                 # Let the writer take the database between transactions.
                 time.sleep(0.001)
-            return compacted, expired, store.fleetStats()
+            stats: Optional[dict] = None
+            if now >= self._statsDue:
+                # A scan of every fresh row: at a fleet's steady state (a
+                # million rows) 60-90 ms of the core the reactor runs on,
+                # too much for every round.
+                self._statsDue = now + self.statsInterval
+                stats = store.fleetStats()
+            return compacted, expired, stats
         except BaseException:
             self._drop()
             raise
+
+    def _sweep(self, store: Store, upTo: int) -> int:
+        """
+        Compact the next slice of the sweep over the series, on the
+        maintenance thread: the rows up to C{upTo} of the series whose turn
+        has come. A sweep takes C{compactAfter / interval} rounds (at least
+        one) and reaches series id C{k / rounds * lastSeriesId} after its
+        C{k}th round, so each series is visited once every C{compactAfter}
+        seconds and its visit merges what it received over that time into
+        one block. Returns the readings moved.
+
+        Compacting every series' old rows in every round instead makes a
+        block of whatever a series sent in one round: one reading for a
+        sensor sending every 2 s, which costs about 38 us a reading to
+        compact and 130 bytes a reading on disk, against about 5 us and 28
+        bytes for the 30 readings a minute's visit gathers (measured on the
+        fleet's cadence, 2,000 series).
+        """
+        last = store.lastSeriesId()
+        if not last:
+            return 0
+        rounds = max(1, math.ceil(max(self.compactAfter, self.interval) / self.interval - 1e-9))
+        self._sweepRound = min(self._sweepRound + 1, rounds)
+        through = last * self._sweepRound // rounds
+        compacted = 0
+        while self._sweepAfter < through and compacted < self.compactBudget:
+            moved, following = store.compactSeries(upTo, self.compactRows, self._sweepAfter, through)
+            compacted += moved
+            if following <= self._sweepAfter and not moved:
+                # Nothing moved and no progress: let the next round retry.
+                break
+            self._sweepAfter = following
+        if self._sweepAfter >= last:
+            # A sweep ends once it has reached the last series (a round
+            # short of budget leaves the rest to the next).
+            self._sweepAfter = self._sweepRound = 0
+        return compacted
 
     def _logEstimate(self) -> None:
         from .retention import DEFAULT_RETENTION, RetentionPolicy, describeEstimate, estimateDisk
@@ -221,7 +275,7 @@ class StoreMaintenance(Service):
         for line in lines:
             self._log.info("retention {retention}: {estimate}", retention=policy.default.describe(), estimate=line)
 
-    def _succeeded(self, result: Tuple[int, int, dict]) -> None:
+    def _succeeded(self, result: Tuple[int, int, Optional[dict]]) -> None:
         compacted, expired, stats = result
         if not self._estimateLogged and self._estimate is not None:
             self._logEstimate()
@@ -231,6 +285,7 @@ class StoreMaintenance(Service):
         if self.metrics is not None:
             self.metrics.compacted.inc(compacted)
             self.metrics.expired.inc(expired)
+        if self.metrics is not None and stats is not None:
             self.metrics.freshReadings.set(stats.get("fresh_readings", 0))
             self.metrics.series.set(stats.get("series", 0))
         if self._failingSince is not None:

@@ -188,7 +188,8 @@ WHERE series IN (SELECT id FROM series WHERE sensor = %(sensor)s) AND seq0 <= %(
 # Whole series at a time (sensornet.store.layout.wholeSeries), through the
 # (series, t1) index.
 _TAKE_FRESH = (
-    "SELECT id, series, data FROM fresh WHERE series > %s AND id <= %s ORDER BY series, t1 LIMIT %s "
+    "SELECT id, series, data FROM fresh WHERE series > %s AND series <= %s AND id <= %s "
+    "ORDER BY series, t1 LIMIT %s "
     "FOR UPDATE SKIP LOCKED"
 )
 
@@ -333,8 +334,6 @@ class PostgreSQLStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: Optional[psycopg.Connection[Any]] = None
-        # The compactor's place: the last series a call finished.
-        self._compactCursor = 0
         self._forget()
         # Read side: series id to (sensor, kind), origin id to (unit, peer,
         # dialect). Only ever filled from committed rows.
@@ -820,25 +819,33 @@ class PostgreSQLStore(Store):
             raise classify(e) from e
         return int(row[0]) if row else 0
 
-    def compactOnce(self, upTo: int, limit: int) -> int:
+    def lastSeriesId(self) -> int:
+        try:
+            row = self._connection().execute("SELECT coalesce(max(id), 0) FROM series").fetchone()
+        except psycopg.Error as e:
+            raise classify(e) from e
+        assert row is not None
+        return int(row[0])
+
+    def compactSeries(self, upTo: int, limit: int, after: int, through: int) -> Tuple[int, int]:
         conn = self._connection()
         try:
             with conn.transaction():
                 cursor = conn.cursor(binary=True)
                 # Rows another compactor holds are skipped: it compacts
                 # them.
-                rows = cursor.execute(_TAKE_FRESH, (self._compactCursor, upTo, limit)).fetchall()
-                if not rows and self._compactCursor:
-                    rows = cursor.execute(_TAKE_FRESH, (0, upTo, limit)).fetchall()
-                rows, self._compactCursor = wholeSeries(rows, limit)
+                rows, following = wholeSeries(
+                    cursor.execute(_TAKE_FRESH, (after, through, upTo, limit)).fetchall(), limit
+                )
+                following = through if following is None else following
                 if not rows:
-                    return 0
+                    return 0, following
                 plan = compact([(series, data) for _, series, data in rows])
                 cursor.execute("DELETE FROM fresh WHERE id = ANY(%s::int8[])", ([row[0] for row in rows],))
                 self._storeCompacted(cursor, plan.blocks, plan.minutes, plan.hours)
         except (psycopg.Error, OverflowError) as e:
             raise classify(e) from e
-        return plan.readings
+        return plan.readings, following
 
     def expireOnce(self, now: float, after: int, limit: int, rows: Optional[int] = None) -> Tuple[int, int]:
         rules = retentionRules(self.retention)

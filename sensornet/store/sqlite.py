@@ -401,7 +401,6 @@ class SQLiteStore(Store):
         self._seriesNames: Dict[int, Tuple[str, str]] = {}
         self._originNames: Dict[int, Tuple[str, str, str]] = {}
         # The compactor's place: the last series a call finished.
-        self._compactCursor = 0
         self._forget()
 
     # -- the checkpointer's health -----------------------------------------
@@ -898,14 +897,25 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise classify(e) from e
 
-    def compactOnce(self, upTo: int, limit: int) -> int:
+    def lastSeriesId(self) -> int:
+        try:
+            return int(self._connection().execute("SELECT coalesce(max(id), 0) FROM series").fetchone()[0])
+        except sqlite3.Error as e:
+            raise classify(e) from e
+
+    def compactSeries(self, upTo: int, limit: int, after: int, through: int) -> Tuple[int, int]:
         db = self._connection()
         try:
             # Read and merge outside the write lock: writers go on meanwhile
             # (they never change a fresh row once written).
-            rows = self._takeFresh(db, upTo, limit)
+            rows, following = wholeSeries(db.execute(
+                "SELECT id, series, data FROM fresh WHERE series > ? AND series <= ? AND id <= ? "
+                "ORDER BY series, t1 LIMIT ?",
+                (after, through, upTo, limit),
+            ).fetchall(), limit)
+            following = through if following is None else following
             if not rows:
-                return 0
+                return 0, following
             plan = compact([(series, data) for _, series, data in rows])
             ids = [(rowId,) for rowId, _, _ in rows]
             with self._writeLock:
@@ -915,7 +925,7 @@ class SQLiteStore(Store):
                     if deleted != len(ids):
                         # Another compactor took some of them first.
                         _rollback(db)
-                        return 0
+                        return 0, following
                     db.executemany(_INSERT_BLOCK, plan.blocks)
                     db.executemany(_UPSERT_ROLLUP.format(table="rollup_1m"), plan.minutes)
                     db.executemany(_UPSERT_ROLLUP.format(table="rollup_1h"), plan.hours)
@@ -926,21 +936,7 @@ class SQLiteStore(Store):
                 self._shrink(db)
         except (sqlite3.Error, OverflowError) as e:
             raise classify(e) from e
-        return plan.readings
-
-    def _takeFresh(self, db: sqlite3.Connection, upTo: int, limit: int) -> List[Tuple[int, int, bytes]]:
-        """
-        Up to C{limit} fresh rows with ids up to C{upTo}, whole series at a
-        time in series order (L{wholeSeries}), resuming after the series
-        the last call finished.
-        """
-        query = ("SELECT id, series, data FROM fresh WHERE series > ? AND id <= ? "
-                 "ORDER BY series, t1 LIMIT ?")
-        rows = db.execute(query, (self._compactCursor, upTo, limit)).fetchall()
-        if not rows and self._compactCursor:
-            rows = db.execute(query, (0, upTo, limit)).fetchall()
-        rows, self._compactCursor = wholeSeries(rows, limit)
-        return rows
+        return plan.readings, following
 
     #: Free pages (of deleted fresh rows) kept for reuse, as a share of the
     #: file, before the compactor gives the rest back to the file system.
