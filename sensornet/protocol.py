@@ -50,6 +50,7 @@ from zope.interface import implementer
 from .accounting import ChunkAccounting
 from .dialects import MAX_LINE_LENGTH, isWholeSeedMessage, parseLine
 from .dialects.native import parseCanonicalChunk
+from .directwrite import writeNow
 from .interfaces import IChunkObserver, IPressureObserver, IReadingSink
 from .metrics import ServerMetrics
 from .reading import EMPTY_LINE, LineError, Reading
@@ -844,7 +845,7 @@ class SensorProtocol(LineOnlyReceiver):
             return
         data = b"".join([chunk.replies for chunk in finished])
         if data:
-            self.transport.write(data)
+            writeNow(self.transport, data)
         now = self.factory.clock.seconds()
         latencies = [now - chunk.received for chunk in finished if chunk.readings]
         if latencies:
