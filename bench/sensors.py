@@ -442,7 +442,7 @@ def sensornetRow(name: str, store: str, workdir: str, args: argparse.Namespace) 
     httpPort = freePort()
     command = sensornetCommand(
         port, store, rowDir, http=f"tcp:{httpPort}:interface=127.0.0.1",
-        logReadings=args.log_readings, backlog=4096,
+        logReadings=args.log_readings, backlog=4096, extra=tuple(args.server_arg),
     )
     return measure(name, command, port, args, httpPort, os.path.join(rowDir, "server.log"))
 
@@ -534,6 +534,9 @@ def main() -> None:
                         help="issue 9's purge row: ack latency while old data expires vs kept")
     parser.add_argument("--old-series", type=int, default=4000,
                         help="with --purge: series of old data to expire (a day of 1-minute readings each)")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="OPTION",
+                        help="an extra option for the sensornet servers (repeatable), "
+                             "such as --server-arg=--batch-interval=0.005")
     parser.add_argument("--repeat", type=int, default=1, help="run the --w2 rows this many times (at most 3)")
     parser.add_argument("--churn", type=int, default=0, metavar="ROUNDS",
                         help="instead: connect and close all sensors ROUNDS times (at most 20), memory by round")
