@@ -382,3 +382,41 @@ def test_postgresql_keeps_a_stronger_synchronous_commit(postgresql_db) -> None:
         assert store._connection().execute("SHOW synchronous_commit").fetchone()[0] == "remote_apply"
     finally:
         store.close()
+
+
+def test_the_origin_cache_stays_bounded_when_sensors_reconnect(store, monkeypatch) -> None:
+    """
+    Every reconnection is a new origin (the peer has a new port): past
+    ORIGIN_CACHE_LIMIT the writer's cache of origin ids is emptied, not
+    grown, and readings keep their peers, resends stay duplicates and no
+    origin is stored twice after it was forgotten.
+    """
+    from sensornet.store import base
+
+    monkeypatch.setattr(base, "ORIGIN_CACHE_LIMIT", 5)
+    sizes = []
+    for k in range(30):
+        peer = f"192.0.2.{k % 7}:{40000 + k}"
+        result = store.write([
+            Reading("roamer", "temperature", float(k), "C", ts=1_790_000_000.0 + k, seq=k, peer=peer),
+            Reading("roamer", "humidity", float(k), "%", ts=1_790_000_000.0 + k, seq=1000 + k, peer=peer),
+        ])
+        assert (result.stored, result.duplicates) == (2, 0)
+        sizes.append(len(store._originsByKey))
+    assert max(sizes) <= 5 + 2
+    # Resent after their origins were forgotten: duplicates, nothing new.
+    again = store.write([
+        Reading("roamer", "temperature", 0.0, "C", ts=1_790_000_000.0, seq=0, peer="192.0.2.0:40000"),
+        Reading("roamer", "temperature", 99.0, "C", ts=1_790_000_099.0, seq=99, peer="192.0.2.0:40000"),
+    ])
+    assert (again.stored, again.duplicates) == (1, 1)
+    rows = store.readings(sensor="roamer", limit=1000)
+    peers = {(r["kind"], r["seq"]): r["peer"] for r in rows}
+    assert len(rows) == 61
+    assert all(peers[("temperature", k)] == f"192.0.2.{k % 7}:{40000 + k}" for k in range(30))
+    assert peers[("temperature", 99)] == "192.0.2.0:40000"
+    db = store._connection()
+    total = db.execute("SELECT count(*) FROM origins").fetchone()[0]
+    distinct = db.execute("SELECT count(*) FROM (SELECT DISTINCT unit, peer, dialect FROM origins) AS o").fetchone()[0]
+    # Two units for each of the 30 peers; the resend's origin was one of them.
+    assert total == distinct == 60

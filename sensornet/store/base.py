@@ -23,6 +23,7 @@ from ..reading import Reading
 __all__ = [
     "ALL_SERIES",
     "DEFAULT_STORE",
+    "ORIGIN_CACHE_LIMIT",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -37,6 +38,13 @@ __all__ = [
 #: The store a server uses when told nothing: an SQLite file in the working
 #: directory, which needs nothing installed.
 DEFAULT_STORE = "sqlite:sensornet.db"
+
+#: Most origins (unit, peer, dialect) a writing store keeps ids of in memory.
+#: A peer is an address with its port, so every reconnection of a sensor is
+#: a new origin: a fleet that reconnects often would grow the cache without
+#: end. Past this many it is emptied before the next batch and refilled from
+#: the origins table as batches need them.
+ORIGIN_CACHE_LIMIT = 100_000
 
 #: Above every series id (ids are 64-bit): L{Store.compactSeries}' C{through}
 #: for "to the last series".

@@ -54,6 +54,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..reading import Reading
+from . import base
 from .base import Store, StoreError, StoreRejected, StoreUnavailable, WriteResult, loadMigrations
 from .codec import encodeFresh
 from .layout import (
@@ -592,6 +593,8 @@ class PostgreSQLStore(Store):
             return WriteResult(0, 0, ())
         conn = self._connection()
         duplicates: List[int] = []
+        if len(self._originsByKey) > base.ORIGIN_CACHE_LIMIT:
+            self._originsByKey.clear()
         try:
             # Pipeline mode: statements whose results are not needed at once
             # travel together, and reading a result sends what is queued.

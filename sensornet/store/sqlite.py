@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from ..interfaces import ICheckpointedStore
 from ..reading import Reading
+from . import base
 from .base import Store, StoreError, StoreRejected, StoreUnavailable, WriteResult, loadMigrations
 from .codec import encodeFresh
 from .layout import (
@@ -711,6 +712,8 @@ class SQLiteStore(Store):
             self._checkpointer = self._newCheckpointer()
             self._checkpointer.start()
         seriesCache = self._seriesByKey
+        if len(self._originsByKey) > base.ORIGIN_CACHE_LIMIT:
+            self._originsByKey.clear()
         try:
             # The checkpointer's short second pass and the compactor's
             # transaction take this lock too: neither runs beside a write.
