@@ -76,7 +76,7 @@ class Options(usage.Options):
          "or 'forever'); see docs/storage.md."],
         ["compact-after", None, 60.0,
          "Seconds a stored reading waits before the compactor merges it into a compressed block and "
-         "the rollups.", float],
+         "the rollups (each series is visited once in that time: a reading waits at most twice it).", float],
         ["max-connections", None, AUTO,
          "Most sensor connections open at once (all --listen endpoints together); a connection over it "
          "gets 'error: too many connections' and is closed. 'auto': the open-file limit less a reserve "
