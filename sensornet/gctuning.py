@@ -61,7 +61,8 @@ under load, and each such collection scans the whole unfrozen oldest
 generation. In W2 that generation holds ~17,000 lists that nobody keeps for
 long: Twisted replaces a connection's write buffer (a list) after each
 write, and with a write every 2 s each buffer lives long enough to be
-promoted. The check above already bounds that generation (it collects and
+promoted (acks on plain TCP connections now leave without that buffer,
+L{sensornet.directwrite}; TLS connections still use it). The check above already bounds that generation (it collects and
 freezes past C{threshold}), so the automatic full collections only add
 stalls. Measured (C{bench/sensors.py --sensors 19000 --store sqlite
 --log-readings}, 30 s, three pairs, run alternately): ack p99 40.1 / 18.1 /
