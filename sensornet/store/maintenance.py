@@ -11,11 +11,12 @@ series in id order that takes C{compactAfter} seconds: of each series it
 visits, the fresh rows written at least C{compactAfter} seconds earlier
 become one block per hour-aligned window (at most C{compactBudget}
 readings a round, in transactions of C{compactRows} fresh rows). So a
-reading waits between C{compactAfter} and twice that in a fresh row, and a
-block holds what its series sent over C{compactAfter}. Then it expires the data of the
-next C{expireSeries} series, walking the series in id order and starting
-over at the end, in transactions of at most C{expireRows} deleted rows and
-at most C{expireBudget} rows a round: expiry is a small, steady trickle,
+reading waits between C{compactAfter} and twice that in a fresh row, and
+a block holds what its series sent over C{compactAfter}. Then the round
+expires the data of the next C{expireSeries} series, walking the series in
+id order and starting over at the end, in transactions of at most
+C{expireRows} deleted rows and at most C{expireBudget} rows a round:
+expiry is a small, steady trickle,
 never one large delete, and the writer waits for at most one small
 transaction (bench/sensors.py --purge measures what a purge costs the
 sensors' acks).

@@ -401,7 +401,6 @@ class SQLiteStore(Store):
         self._token = os.urandom(8).hex()
         self._seriesNames: Dict[int, Tuple[str, str]] = {}
         self._originNames: Dict[int, Tuple[str, str, str]] = {}
-        # The compactor's place: the last series a call finished.
         self._forget()
 
     # -- the checkpointer's health -----------------------------------------
