@@ -118,7 +118,8 @@ def scrape(port: int) -> dict:
     text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out = {}
     for family in text_string_to_metric_families(text):
-        if family.name in ("sensornet_store_expired_rows", "sensornet_store_compacted_readings"):
+        if family.name in ("sensornet_store_expired_rows", "sensornet_store_compacted_readings",
+                           "sensornet_sqlite_checkpoint_failures"):
             out[family.name + "_total"] = sum(s.value for s in family.samples if s.name.endswith("_total"))
         if family.name in ("sensornet_ack_latency_seconds", "sensornet_commit_seconds", "sensornet_batch_size"):
             buckets = [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
@@ -127,10 +128,19 @@ def scrape(port: int) -> dict:
                 bound = next((le for le, count in buckets if total and count >= q * total), None)
                 out[f"{family.name}_p{int(q * 100)}_le"] = bound
             out[f"{family.name}_count"] = total
+            # How many took over 50 ms by the server's own clock: commits
+            # (the writer held up: a lock, a checkpoint) and acks (from a
+            # chunk's arrival to its reply), to set beside the stalls the
+            # sensors saw.
+            within = next((count for le, count in buckets if le >= 0.05), total)
+            if family.name == "sensornet_commit_seconds":
+                out["sensornet_commits_over_50ms"] = total - within
+            if family.name == "sensornet_ack_latency_seconds":
+                out["sensornet_acks_over_50ms"] = total - within
     return out
 
 
-def loadProcess(index, port, count, interval, duration, connected, go, results, loadCores=None):
+def loadProcess(index, port, count, interval, duration, connected, go, results, loadCores=None, release=None):
     """
     One load process: open C{count} connections, report, wait for C{go},
     then send at cadence for C{duration} seconds and report latencies, each
@@ -213,9 +223,15 @@ def loadProcess(index, port, count, interval, duration, connected, go, results, 
         for key, _ in sel.select(timeout=0.002):
             receive(key.data)
     unacked = sum(len(d) for d in sentAt)
+    results.put({"latencies": latencies, "sends": sends, "unacked": unacked})
+    if release is not None:
+        # Closing 10,000 connections keeps the server busy for a while: not
+        # before every load process has its acks (the last acks of the
+        # other process were measured 70-240 ms late when this one closed
+        # first), and after the server's CPU time was read.
+        release.wait(timeout=120)
     for s in socks:
         s.close()
-    results.put({"latencies": latencies, "sends": sends, "unacked": unacked})
 
 
 def loadCores() -> tuple:
@@ -241,9 +257,10 @@ def stalls(sends: list, latencies: list, thresholdMs: float) -> dict:
     for sent, latency in slow:
         if groups and sent - groups[-1][1] < 1.0:
             groups[-1][1] = sent
-            groups[-1][2] = max(groups[-1][2], latency)
+            if latency > groups[-1][2]:
+                groups[-1][2:] = [latency, sent]
         else:
-            groups.append([sent, sent, latency])
+            groups.append([sent, sent, latency, sent])
     starts = [g[0] for g in groups]
     spacing = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else None
     return {
@@ -253,6 +270,8 @@ def stalls(sends: list, latencies: list, thresholdMs: float) -> dict:
         # CLOCK_MONOTONIC, shared by every process on the machine: to set
         # beside the server's own timings.
         "starts_monotonic": [round(g[0], 3) for g in groups[:12]],
+        "worst_sent_monotonic": [round(g[3], 3) for g in groups[:12]],
+        "ends_monotonic": [round(g[1], 3) for g in groups[:12]],
     }
 
 
@@ -309,11 +328,12 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace, httpP
         connected = multiprocessing.Queue()
         results = multiprocessing.Queue()
         go = multiprocessing.Event()
+        release = multiprocessing.Event()
         share = args.sensors // args.processes
         procs = [
             multiprocessing.Process(
                 target=loadProcess,
-                args=(i, port, share, args.interval, args.duration, connected, go, results, clientCores),
+                args=(i, port, share, args.interval, args.duration, connected, go, results, clientCores, release),
             )
             for i in range(args.processes)
         ]
@@ -327,6 +347,7 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace, httpP
         after = rss(server.pid)
         cpuBefore = cpuSeconds(server.pid)
         go.set()
+        goAt = time.monotonic()
         profile = os.environ.get("SENSORNET_BENCH_PROFILE")
         spy = None
         if profile:
@@ -345,6 +366,7 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace, httpP
             sends += r["sends"]
             unacked += r["unacked"]
         cpu = cpuSeconds(server.pid) - cpuBefore
+        release.set()
         for p in procs:
             p.join(timeout=30)
         if spy is not None:
@@ -373,6 +395,7 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace, httpP
         "ack_ms_max": round(latencies[-1] * 1000, 2) if n else None,
         "cpu_us_per_reading": round(cpu / n * 1e6, 1) if n else None,
         "stalls": found,
+        "go_monotonic": round(goAt, 3),
         "slow_collections": gcLog(logPath) if logPath else None,
         "server_rss_idle_mib": round(before / 2**20, 1),
         "server_rss_connected_mib": round(after / 2**20, 1),
