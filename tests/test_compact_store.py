@@ -647,32 +647,3 @@ def test_the_size_gauges_are_read_once_per_stats_interval(tmp_path) -> None:
     # The first round also reads it once for the disk estimate.
     assert calls == [0.0, 0.0, 15.0, 30.0]
     assert [k for k, r in enumerate(reported) if r] == [0, 15, 30]
-
-
-@pytest.mark.timeout(30)
-@pytest_twisted.inlineCallbacks
-def test_the_maintenance_thread_yields_the_core_to_the_reactor(reactor) -> None:
-    """
-    The maintenance service's thread runs at a nice value niceness above
-    the reactor's thread (Linux: per thread), so compaction and expiry take
-    the core only when acknowledgements do not need it; the reactor's own
-    priority is untouched.
-    """
-    import os
-    import sys
-
-    from sensornet.store.threads import WorkerThreads, lowerThisThread
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("a per-thread nice value is Linux's")
-    mine = os.getpriority(os.PRIO_PROCESS, 0)
-    threads = WorkerThreads(reactor, 1, name="nice-test", niceness=StoreMaintenance.niceness)
-    threads.start()
-    try:
-        theirs = yield threads.run(lambda: os.getpriority(os.PRIO_PROCESS, 0))
-    finally:
-        yield threads.stop()
-    assert StoreMaintenance.niceness > 0
-    assert theirs == min(19, mine + StoreMaintenance.niceness)
-    assert os.getpriority(os.PRIO_PROCESS, 0) == mine
-    assert lowerThisThread(0) is False

@@ -27,10 +27,6 @@ for a reference fleet of L{REFERENCE_SERIES} series every
 L{REFERENCE_INTERVAL} seconds, so an operator sees at start whether the
 disk will hold (L{sensornet.store.retention.estimateDisk}).
 
-The maintenance thread runs at a lower scheduling priority than the
-reactor's (C{niceness}), so it yields the core to the work that
-acknowledges readings.
-
 A failed round is counted (C{sensornet_store_maintenance_failures}),
 logged (the first at once, then once a minute while it keeps failing), its
 connection dropped, and the next round tries again: maintenance never stops
@@ -71,19 +67,17 @@ class StoreMaintenance(Service):
     @ivar compacted: Readings compacted so far.
     @ivar expired: Rows expired so far.
 
+    Its thread runs at the reactor's scheduling priority. At nice +10
+    (Linux, per thread) W2's ack p99 fell (9.3 and 7.0 against 15.6 and
+    11.3 ms), but a compaction transaction starved while it held the
+    store's write lock kept the writer waiting (a write of one reading took
+    69 ms; max 87-244 ms): the priority was inverted, so it was not kept.
+
     @cvar compactRows: Most fresh rows one compaction transaction takes.
         The writer waits while it holds the store's write lock: at W2
         (19,000 sensors every 2 s, a reading a fresh row) 5,000 rows held
         it 20-40 ms at a time and put 2-4 % of the acks that much late
         (p99 25 ms); 500 hold it a few milliseconds (p99 14 ms).
-    @cvar niceness: How far below the reactor's thread the maintenance
-        thread's scheduling priority is (Linux; see
-        L{sensornet.store.threads.lowerThisThread}): compaction and expiry
-        take the core when acknowledgements do not need it. A compactor
-        that falls behind visits each series later, so its blocks grow and
-        each reading costs it less. Measured (W2 with compaction throughout,
-        two alternated pairs): ack p99 9.3 and 7.0 ms, max 35 and 25 ms,
-        against 15.6 and 11.3 ms, 57 and 37 ms at the reactor's priority.
     @cvar statsInterval: Seconds between two readings of the store's size
         for the C{sensornet_store_fresh_readings} and
         C{sensornet_store_series} gauges (a scan of every fresh row).
@@ -99,7 +93,6 @@ class StoreMaintenance(Service):
     expireBudget = 20_000
     logInterval = 60.0
     statsInterval = 15.0
-    niceness = 10
 
     def __init__(
         self,
@@ -154,9 +147,7 @@ class StoreMaintenance(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._threads = WorkerThreads(
-            self.reactor, 1, name="sensornet-store-maintenance", onExit=self._drop, niceness=self.niceness
-        )
+        self._threads = WorkerThreads(self.reactor, 1, name="sensornet-store-maintenance", onExit=self._drop)
         self._threads.start()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor

@@ -11,9 +11,7 @@ after their current call and reports when they did, within a bounded time.
 
 from __future__ import annotations
 
-import os
 import queue
-import sys
 import threading
 from typing import Any, Callable, List, Optional
 
@@ -24,28 +22,9 @@ from zope.interface import implementer
 
 from ..interfaces import IBlockingRunner
 
-__all__ = ["WorkerThreads", "lowerThisThread"]
+__all__ = ["WorkerThreads"]
 
 _STOP = object()
-
-
-def lowerThisThread(increment: int) -> bool:
-    """
-    Raise the calling thread's nice value by C{increment} (at most to 19),
-    so that while the reactor's thread wants the core this one gets a
-    small share of it: for background work (compaction, expiry,
-    checkpoints) that must not delay acknowledgements. Only on Linux,
-    where a nice value belongs to one thread (elsewhere it would lower the
-    whole process); returns whether it was changed.
-    """
-    if increment <= 0 or not sys.platform.startswith("linux"):
-        return False
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
-    except OSError:
-        return False
-    return True
 
 
 @implementer(IBlockingRunner)
@@ -59,8 +38,6 @@ class WorkerThreads:
     @param reactor: What the threads report back through.
     @param onExit: Called in each thread just before it exits (to close that
         thread's database connection); its exceptions are ignored.
-    @param niceness: How much lower than the reactor's the threads'
-        scheduling priority is (L{lowerThisThread}); 0 keeps it.
     """
 
     def __init__(
@@ -69,7 +46,6 @@ class WorkerThreads:
         count: int = 1,
         name: str = "sensornet-store",
         onExit: Optional[Callable[[], None]] = None,
-        niceness: int = 0,
     ) -> None:
         if count < 1:
             raise ValueError("need at least one thread")
@@ -77,7 +53,6 @@ class WorkerThreads:
         self._count = count
         self._name = name
         self._onExit = onExit
-        self._niceness = niceness
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._threads: List[threading.Thread] = []
         self._exited: List[Deferred[None]] = []
@@ -120,7 +95,6 @@ class WorkerThreads:
 
     def _work(self, exited: Deferred[None]) -> None:
         reactor = self._reactor
-        lowerThisThread(self._niceness)
         try:
             while True:
                 item = self._queue.get()
