@@ -62,6 +62,23 @@ def connectedPair(reactor: Any) -> Any:
     return port, server, reader
 
 
+@defer.inlineCallbacks
+def receives(reactor: Any, reader: Reader, expected: bytes) -> Any:
+    """
+    Wait until C{reader} holds as many bytes as C{expected}; they must be
+    exactly those, in order.
+    """
+    yield waitFor(reactor, lambda: reader.total() == len(expected), timeout=20, what="the bytes")
+    assert b"".join(reader.received) == expected
+
+
+@defer.inlineCallbacks
+def closePair(port: Any, server: Held, reader: Reader) -> Any:
+    server.transport.loseConnection()
+    yield reader.lost
+    yield port.stopListening()
+
+
 @pytest.mark.timeout(30)
 @pytest_twisted.inlineCallbacks
 def test_a_write_with_nothing_buffered_is_sent_at_once(reactor) -> None:
@@ -80,13 +97,9 @@ def test_a_write_with_nothing_buffered_is_sent_at_once(reactor) -> None:
             writeNow(transport, b"ack %d\n" % k)
             assert transport._tempDataLen == 0 and transport.dataBuffer == b""
             assert transport not in reactor.getWriters()
-        expected = b"".join(b"ack %d\n" % k for k in range(100))
-        yield waitFor(reactor, lambda: reader.total() == len(expected), timeout=10, what="the acks")
-        assert b"".join(reader.received) == expected
+        yield receives(reactor, reader, b"".join(b"ack %d\n" % k for k in range(100)))
     finally:
-        server.transport.loseConnection()
-        yield reader.lost
-        yield port.stopListening()
+        yield closePair(port, server, reader)
 
 
 @pytest.mark.timeout(60)
@@ -110,13 +123,9 @@ def test_bytes_keep_their_order_when_the_peer_stops_reading(reactor) -> None:
         for piece in small:
             writeNow(transport, piece)
         reader.transport.resumeProducing()
-        expected = b"".join(pieces + small)
-        yield waitFor(reactor, lambda: reader.total() == len(expected), timeout=30, what="everything")
-        assert b"".join(reader.received) == expected
+        yield receives(reactor, reader, b"".join(pieces + small))
     finally:
-        server.transport.loseConnection()
-        yield reader.lost
-        yield port.stopListening()
+        yield closePair(port, server, reader)
 
 
 @pytest.mark.timeout(30)
@@ -191,9 +200,6 @@ def test_a_connection_behind_a_plain_protocol_wrapper_is_sent_at_once(reactor) -
         wrapper.makeConnection(server.transport)
         writeNow(wrapper, b"through the wrapper\n")
         assert server.transport._tempDataLen == 0 and server.transport not in reactor.getWriters()
-        yield waitFor(reactor, lambda: reader.total() == 20, timeout=10, what="the bytes")
-        assert b"".join(reader.received) == b"through the wrapper\n"
+        yield receives(reactor, reader, b"through the wrapper\n")
     finally:
-        server.transport.loseConnection()
-        yield reader.lost
-        yield port.stopListening()
+        yield closePair(port, server, reader)
