@@ -50,6 +50,7 @@ from zope.interface import implementer
 from .accounting import ChunkAccounting
 from .dialects import MAX_LINE_LENGTH, isWholeSeedMessage, parseLine
 from .dialects.native import parseCanonicalChunk
+from .dialects._common import NS_PER_SECOND
 from .directwrite import writeNow
 from .interfaces import IChunkObserver, IPressureObserver, IReadingSink
 from .metrics import ServerMetrics
@@ -715,14 +716,16 @@ class SensorProtocol(LineOnlyReceiver):
             # without a time fails, which the latest time cannot tell.
             return False
         sensors = self.sensors
-        for names, _, _, _, tss in fast.runs.values():
-            latest: Optional[float]
+        for names, _, _, _, times in fast.runs.values():
+            latest: Optional[int]
             try:
-                latest = max(tss)  # type: ignore[type-var]
+                latest = max(times)  # type: ignore[type-var]
             except TypeError:
                 # Readings with and without a time in one run.
-                latest = max((ts for ts in tss if ts is not None), default=None)
-            if latest is not None and latest > horizon:
+                latest = max((ns for ns in times if ns is not None), default=None)
+            # The latest reading's ts, as the parser computes it from its
+            # nanoseconds: the comparison the line path makes.
+            if latest is not None and latest / NS_PER_SECOND > horizon:
                 return False
             if names[0] not in sensors and not self._admit(names[0]):
                 return False

@@ -26,9 +26,10 @@ from .reading import Reading
 __all__ = ["Run", "ChunkReadings", "BatchReadings"]
 
 #: One run: the head's (sensor, kind, unit), then, for each of its readings
-#: in line order, its index in the chunk's list, value, seq and ts (as in
-#: its L{Reading}).
-Run = Tuple[Tuple[str, str, str], List[int], List[float], List[Optional[int]], List[Optional[float]]]
+#: in line order, its index in the chunk's list, value, seq and time in
+#: integer nanoseconds as the line gave it (its L{Reading}'s C{ts} is that
+#: divided by 1_000_000_000; L{None} for none).
+Run = Tuple[Tuple[str, str, str], List[int], List[float], List[Optional[int]], List[Optional[int]]]
 
 
 class ChunkReadings(List[Reading]):

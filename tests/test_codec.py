@@ -15,15 +15,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensornet.store.codec import (
+    NO_SEQ,
+    NO_TIME,
+    CodecError,
     Columns,
     Rollup,
     decodeBlock,
     decodeFresh,
     decodeFreshMany,
+    decodeRuns,
     encodeBlock,
     encodeFresh,
+    encodeRun,
     rollups,
+    runsRow,
 )
+from sensornet.store.layout import toMicroseconds
 
 MINUTE = 60_000_000
 
@@ -147,3 +154,74 @@ def test_a_number_too_large_for_its_column_is_an_overflow() -> None:
     """
     with pytest.raises(OverflowError):
         encodeFresh(Columns([1], [2**63], [0], [1.0], [1], [0]))
+
+
+@st.composite
+def runsOf(draw: st.DrawFn) -> tuple:
+    """
+    One run as the parser leaves it: first id, receive time, origin, then
+    ascending positions, nanosecond times (some missing), seqs (or none),
+    values.
+    """
+    n = draw(st.integers(1, 12))
+    positions = sorted(draw(st.sets(st.integers(0, 2**32 - 1), min_size=n, max_size=n)))
+    times = [
+        draw(st.one_of(st.just(NO_TIME), st.integers(-9223372036 * 10**9, 9223372036 * 10**9),
+                       st.integers(1_700_000_000_000_000_000, 1_700_000_000_000_010_000)))
+        for _ in range(n)
+    ]
+    seqs = [draw(st.one_of(st.just(NO_SEQ), st.integers(0, 2**63 - 1))) for _ in range(n)]
+    values = [draw(finite) for _ in range(n)]
+    return (draw(st.integers(0, 2**40)), draw(st.integers(0, 2**62)), draw(st.integers(0, 2**31 - 1)),
+            positions, times, seqs, values)
+
+
+def expected(runs: List[tuple]) -> Columns:
+    """
+    The definition of a runs row's readings: ids are the first id plus the
+    positions; a time is the parser's seconds (ns / 10**9) as microseconds,
+    or the receive time when missing.
+    """
+    out = Columns.empty()
+    for first, received, origin, positions, times, seqs, values in runs:
+        for position, ns, seq, value in zip(positions, times, seqs, values):
+            out.ids.append(first + position)
+            out.ts.append(received if ns == NO_TIME else toMicroseconds(ns / 1_000_000_000))
+            out.seqs.append(seq)
+            out.values.append(value)
+            out.received.append(received)
+            out.origins.append(origin)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(runsOf(), min_size=1, max_size=3), min_size=1, max_size=4))
+def test_runs_rows_give_back_their_readings_alone_and_together(rows: List[List[tuple]]) -> None:
+    """
+    Times are converted when read, exactly as the per-reading path converts
+    them when written; rows alone and together, mixed with plain fresh
+    rows in any order, read back as what they hold.
+    """
+    encoded = [runsRow([encodeRun(*run) for run in runs], sum(len(run[3]) for run in runs)) for runs in rows]
+    for data, runs in zip(encoded, rows):
+        assert same(decodeRuns([data]), expected(runs))
+    allRuns = [run for runs in rows for run in runs]
+    assert same(decodeRuns(encoded), expected(allRuns))
+    plain = expected(rows[0])
+    mixed = [encodeFresh(plain)] + encoded + [encodeFresh(plain)]
+    together = Columns.empty()
+    together.extend(plain)
+    together.extend(expected(allRuns))
+    together.extend(plain)
+    assert same(decodeFreshMany(mixed), together)
+
+
+def test_a_damaged_runs_row_is_a_codec_error() -> None:
+    run = encodeRun(1, 2, 3, [0, 1], [NO_TIME, 5], [NO_SEQ, 7], [1.0, 2.0])
+    good = runsRow([run], 2)
+    assert decodeRuns([good]).ids == [1, 2]
+    for damaged in (good[:-1], good + b"\0", runsRow([run], 3), runsRow([run[:20]], 2), encodeFresh(Columns.empty())):
+        with pytest.raises(CodecError):
+            decodeRuns([damaged])
+    with pytest.raises(OverflowError):
+        encodeRun(1, 2, 3, [2**32], [0], [0], [0.0])

@@ -208,18 +208,18 @@ def parseCanonicalChunk(lines: List[bytes], peer: str = "", receivedAt: float = 
             else:
                 seq = None
             if tsRaw:
-                ns = int(tsRaw)
-                if ns > MAX_NS or ns < MIN_NS:
+                ns: Optional[int] = int(tsRaw)
+                if ns > MAX_NS or ns < MIN_NS:  # type: ignore[operator]
                     return None
-                ts: Optional[float] = ns / NS_PER_SECOND
+                ts: Optional[float] = ns / NS_PER_SECOND  # type: ignore[operator]
             else:
-                ts = None
-            names, positions, values, seqs, tss = run
+                ns = ts = None
+            names, positions, values, seqs, times = run
             add(Reading(names[0], names[1], value, names[2], ts, seq, "native", peer, receivedAt))
             positions.append(index)
             values.append(value)
             seqs.append(seq)
-            tss.append(ts)
+            times.append(ns)
         return readings
     except Exception:
         return None

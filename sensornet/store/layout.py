@@ -44,7 +44,11 @@ from .codec import (
     decodeBlock,
     decodeFresh,
     decodeFreshMany,
+    decodeRuns,
     encodeBlock,
+    encodeRun,
+    runsRow,
+    NO_TIME,
     encodeFresh,
     mergeRollup,
     rollups,
@@ -61,6 +65,7 @@ __all__ = [
     "BatchPlan",
     "planBatch",
     "planRuns",
+    "RunsPlan",
     "settleCandidates",
     "freshRows",
     "summaryRows",
@@ -210,17 +215,42 @@ def planBatch(
     return BatchPlan(groups, indexes, duplicates, nid)
 
 
+class RunsPlan(NamedTuple):
+    """
+    What a write batch planned per run (L{planRuns}) does: every reading in
+    it is new.
+
+    @ivar rows: One fresh row per series, as L{freshRows} gives them, each
+        a runs row (L{sensornet.store.codec.runsRow}).
+    @ivar summaries: One L{Summary} per series, ordered by series id.
+    @ivar nextId: The next free reading id after this batch.
+    """
+
+    rows: List[Tuple[int, int, int, Optional[int], Optional[int], int, bytes]]
+    summaries: List["Summary"]
+    nextId: int
+
+
+def _microseconds(ns: int) -> int:
+    # A parsed time's microseconds, exactly as toMicroseconds gives them for
+    # the reading's float seconds (ns / 1_000_000_000).
+    return round(ns / 1_000_000_000 * 1_000_000)
+
+
 def planRuns(
     parts: Sequence[Tuple[int, "ChunkReadings"]],
     size: int,
     seriesByKey: Mapping[Tuple[str, str], SeriesEntry],
     originsByKey: Mapping[Tuple[str, str, str], int],
     nextId: int,
-) -> Optional[BatchPlan]:
+) -> Optional[RunsPlan]:
     """
-    What L{planBatch} plans for a batch of C{size} readings that came in
-    chunks with runs (L{sensornet.runs}), computed per run: the same plan,
-    or L{None} when this batch needs the per-reading path after all.
+    What L{planBatch}, L{freshRows} and L{summaryRows} give for a batch of
+    C{size} readings that came in chunks with runs (L{sensornet.runs}),
+    computed per run: the same readings in each series' fresh row (written
+    as a runs row, which decodes to the same columns) and the same
+    summaries; or L{None} when this batch needs the per-reading path after
+    all.
 
     It returns L{None}, changing nothing, unless every series and origin is
     known already (C{seriesByKey}, C{originsByKey}: the store's caches),
@@ -231,11 +261,17 @@ def planRuns(
     run must then have none at all. Otherwise it advances the high-water
     marks, as L{planBatch} does.
 
+    The work per run is a handful of calls into C, none per reading: a
+    run's numbers are packed as the parser read them, and their times are
+    converted when the row is read.
+
     @param parts: (index in the batch of the chunk's first reading, the
         chunk), in batch order, covering the batch.
     """
-    groups: Dict[int, Columns] = {}
-    indexes: Dict[int, List[int]] = {}
+    # Per series: [runs, readings, least time, greatest time, least seq,
+    # greatest seq, (latest time, its id), latest value, latest unit,
+    # first received, last received].
+    planned: Dict[int, List[Any]] = {}
     marks: Dict[int, Tuple[SensorState, int]] = {}
     for offset, chunk in parts:
         peer = chunk.peer
@@ -243,7 +279,7 @@ def planRuns(
         base = nextId + offset
         seriesInChunk: Set[int] = set()
         sensorsInChunk: Set[int] = set()
-        for names, positions, values, seqs, tss in chunk.runs.values():
+        for names, positions, values, seqs, times in chunk.runs.values():
             entry = seriesByKey.get((names[0], names[1]))
             origin = originsByKey.get((names[2], peer, "native"))
             if entry is None or origin is None or entry.id in seriesInChunk:
@@ -256,7 +292,8 @@ def planRuns(
             if seqs[0] is None:
                 if seqs.count(None) != n:
                     return None
-                seqColumn: List[int] = [NO_SEQ] * n
+                seqColumn: Sequence[int] = [NO_SEQ] * n
+                seq0 = seq1 = None
             else:
                 state = entry.sensor
                 key = id(state)
@@ -274,29 +311,61 @@ def planRuns(
                     return None
                 marks[key] = (state, seqs[-1])  # type: ignore[assignment]
                 seqColumn = seqs  # type: ignore[assignment]
+                seq0, seq1 = seqs[0], seqs[-1]
             try:
-                # int(round(ts * 1_000_000)), as planBatch has it, in C.
-                micro = list(map(round, map(mul, tss, repeat(1_000_000))))  # type: ignore[arg-type]
+                # Raises on a run with times and readings without one.
+                latest = max(times)  # type: ignore[type-var]
+                earliest = min(times)  # type: ignore[type-var]
             except TypeError:
-                micro = [received if t is None else int(round(t * 1_000_000)) for t in tss]
-            group = groups.get(entry.id)
-            if group is None:
-                groups[entry.id] = Columns(
-                    list(map(base.__add__, positions)), micro, list(seqColumn), list(values), [received] * n,
-                    [origin] * n,
-                )
-                indexes[entry.id] = list(map(offset.__add__, positions))
+                latest = None
+            if latest is not None and times[-1] == latest:
+                # The usual run, in time order at its end: its last reading
+                # is its latest (and the last stored of those at that time).
+                packed: Sequence[int] = times  # type: ignore[assignment]
+                t0 = _microseconds(earliest)  # type: ignore[arg-type]
+                t1 = _microseconds(latest)
+                at = n - 1
             else:
-                group.ids.extend(map(base.__add__, positions))
-                group.ts.extend(micro)
-                group.seqs.extend(seqColumn)
-                group.values.extend(values)
-                group.received.extend([received] * n)
-                group.origins.extend([origin] * n)
-                indexes[entry.id].extend(map(offset.__add__, positions))
+                # Readings without a time, or an earlier last reading: each
+                # reading's microseconds, as planBatch has them.
+                micro = [received if t is None else _microseconds(t) for t in times]
+                packed = [NO_TIME if t is None else t for t in times]
+                t0, t1 = min(micro), max(micro)
+                at = n - 1 - micro[::-1].index(t1)
+            newest = (t1, base + positions[at])
+            piece = encodeRun(base, received, origin, positions, packed, seqColumn, values)
+            found = planned.get(entry.id)
+            if found is None:
+                planned[entry.id] = [
+                    [piece], n, t0, t1, seq0, seq1, newest, values[at], names[2], received, received,
+                ]
+                continue
+            found[0].append(piece)
+            found[1] += n
+            if t0 < found[2]:
+                found[2] = t0
+            if t1 > found[3]:
+                found[3] = t1
+            if seq0 is not None:
+                if found[4] is None or seq0 < found[4]:
+                    found[4] = seq0
+                if found[5] is None or seq1 > found[5]:  # type: ignore[operator]
+                    found[5] = seq1
+            if newest > found[6]:
+                found[6], found[7], found[8] = newest, values[at], names[2]
+            if received < found[9]:
+                found[9] = received
+            if received > found[10]:
+                found[10] = received
     for state, mark in marks.values():
         state.highWater = mark
-    return BatchPlan(groups, indexes, [], nextId + size)
+    rows = []
+    summaries = []
+    for sid in sorted(planned):
+        pieces, n, t0, t1, seq0, seq1, (ts, _), value, unit, first, last = planned[sid]
+        rows.append((sid, t0, t1, seq0, seq1, n, runsRow(pieces, n)))
+        summaries.append(Summary(sid, unit, value, ts, n, first, last, NO_SEQ if seq1 is None else seq1))
+    return RunsPlan(rows, summaries, nextId + size)
 
 
 def settleCandidates(
@@ -528,9 +597,15 @@ def compact(fresh: Iterable[Tuple[int, bytes]], level: int = 6) -> CompactionPla
 
 def decodeRow(data: bytes) -> Columns:
     """
-    The readings of a fresh row or a block, whichever C{data} is.
+    The readings of a fresh row (plain or runs) or a block, whichever
+    C{data} is.
     """
-    return decodeFresh(data) if data[:1] == b"\x01" else decodeBlock(data)
+    kind = data[:1]
+    if kind == b"\x01":
+        return decodeFresh(data)
+    if kind == b"\x03":
+        return decodeRuns([data])
+    return decodeBlock(data)
 
 
 def assembleReadings(

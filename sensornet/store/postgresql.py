@@ -626,18 +626,20 @@ class PostgreSQLStore(Store):
                     row = nextRange.fetchone()
                     assert row is not None
                     part = readings[start:start + IDS_PER_RANGE]
-                    plan = (
+                    fast = (
                         planRuns(runs, len(part), self._seriesByKey, self._originsByKey, row[0] * IDS_PER_RANGE)
                         if runs else None
                     )
-                    if plan is None:
+                    if fast is not None:
+                        rows, summaries = fast.rows, fast.summaries
+                    else:
                         plan = self._plan(conn, part, row[0] * IDS_PER_RANGE, readings)
-                    rows = freshRows(plan)
+                        rows, summaries = freshRows(plan), summaryRows(plan, part)
+                        duplicates.extend(start + i for i in plan.duplicates)
                     if rows:
                         cursor = conn.cursor(binary=True)
                         cursor.execute(_INSERT_FRESH, _columns(rows, 7))
-                        self._updateSeries(cursor, plan, part)
-                    duplicates.extend(start + i for i in plan.duplicates)
+                        cursor.execute(_UPDATE_SERIES, _columns(summaries, 8))
                 conn.execute("COMMIT")
         except BaseException as e:
             self._forget()

@@ -736,11 +736,14 @@ class SQLiteStore(Store):
                     # anything else (and a batch of runs that is not all new
                     # for sure) reading by reading.
                     parts = getattr(readings, "parts", None)
-                    plan = (
+                    fast = (
                         planRuns(parts, len(readings), seriesCache, self._originsByKey, nextId)
                         if parts else None
                     )
-                    if plan is None:
+                    if fast is not None:
+                        rows, summaries, following = fast
+                        duplicates: Sequence[int] = ()
+                    else:
                         plan = planBatch(
                             readings,
                             series,
@@ -748,13 +751,15 @@ class SQLiteStore(Store):
                             nextId,
                             lambda state, lo, hi: self._storedSeqs(db, state, lo, hi),
                         )
-                    db.executemany(_INSERT_FRESH, freshRows(plan))
+                        rows, summaries, following = freshRows(plan), summaryRows(plan, readings), plan.nextId
+                        duplicates = plan.duplicates
+                    db.executemany(_INSERT_FRESH, rows)
                     db.executemany(
                         _UPDATE_SERIES,
                         [(u.ts, u.unit, u.value, u.stored, u.firstSeen, u.lastSeen, u.maxSeq, u.series)
-                         for u in summaryRows(plan, readings)],
+                         for u in summaries],
                     )
-                    db.execute("UPDATE store_state SET next_id = ?", (plan.nextId,))
+                    db.execute("UPDATE store_state SET next_id = ?", (following,))
                     db.execute("COMMIT")
                 except BaseException:
                     _rollback(db)
@@ -762,8 +767,7 @@ class SQLiteStore(Store):
                     raise
         except (sqlite3.Error, OverflowError, UnicodeError) as e:
             raise classify(e) from e
-        duplicates = tuple(plan.duplicates)
-        return WriteResult(len(readings) - len(duplicates), len(duplicates), duplicates)
+        return WriteResult(len(readings) - len(duplicates), len(duplicates), tuple(duplicates))
 
     # -- reading ------------------------------------------------------------
 
