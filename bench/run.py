@@ -11,8 +11,9 @@ seqs, counting acknowledgements. The default workload is a fleet's (W1):
 a handful of sensors hides what an index over 20,000 costs. On a machine
 with two cores or more the server is pinned to one core and the load
 generator to another, so they do not compete; beside each rate the server's
-own CPU time per reading is printed (from /proc), and for the storing rows
-the bytes on disk per reading. Rows:
+own CPU time per reading is printed (from /proc), split into the main
+(reactor) thread's and the other threads' (writer, compaction,
+checkpoints), and for the storing rows the bytes on disk per reading. Rows:
 
 - chunk-acker: a bare Twisted server acking all lines of a chunk in one
   write (bench/baseline_server.py): the ceiling of Twisted's I/O here
@@ -21,7 +22,13 @@ the bytes on disk per reading. Rows:
 - line-acker: the bare ack server the issues' targets are set against, a
   LineReceiver answering each line with sendLine; ratios are against it
 - parse+ack: sensornet with --store none (parsed, acknowledged, not stored)
-- sqlite: sensornet storing into SQLite, acking after commit
+- floor: the least a pure-Python server must do to ack a reading only once
+  it is durably stored (bench/floor_server.py: parse, one SQLite
+  transaction per batch with synchronous=FULL, ack), with none of
+  sensornet's features: an upper bound for the sqlite row, measured here
+  so that what is left between them is the price of the features
+- sqlite: sensornet storing into SQLite, acking after commit (compacting
+  after 1 s instead of 60, so that compaction's CPU counts in the row)
 - sqlite+log: the same with the reading log on (twistd --logfile: one
   timestamped line per reading, as the seed's log.txt)
 - postgresql: the same into PostgreSQL (with --pg URL, or --pg temp for a
@@ -124,6 +131,23 @@ def cpuSeconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def threadSeconds(pid: int) -> dict:
+    """
+    User plus system CPU time of each live thread of a process so far, by
+    thread id (the main thread's is the process id).
+    """
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            # The thread ended meanwhile.
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def cores(args: argparse.Namespace) -> tuple:
     """
     The CPU sets for the server and the load generator: apart when there are
@@ -143,6 +167,7 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace, files
             os.sched_setaffinity(server.pid, serverCores)
         waitPort(port)
         before = cpuSeconds(server.pid)
+        threadsBefore = threadSeconds(server.pid)
         load = subprocess.run(
             [sys.executable, os.path.join(HERE, "loadgen.py"), "--port", str(port),
              "--connections", str(args.connections), "--sensors", str(args.sensors),
@@ -151,11 +176,16 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace, files
             preexec_fn=(lambda: os.sched_setaffinity(0, loadCores)) if loadCores else None,
         )
         used = cpuSeconds(server.pid) - before
+        threadsAfter = threadSeconds(server.pid)
+        main = threadsAfter.get(server.pid, 0.0) - threadsBefore.get(server.pid, 0.0)
         if load.returncode != 0:
             raise SystemExit(f"{name}: load generator failed: {load.stderr}")
         result = json.loads(load.stdout)
         result["name"] = name
         result["cpu_us"] = used / result["acked"] * 1e6 if result["acked"] else float("nan")
+        # A thread that ended during the load counts in "used" only: the
+        # other threads' share is what the main thread's leaves.
+        result["main_us"] = main / result["acked"] * 1e6 if result["acked"] else float("nan")
         if files:
             # Bytes per reading are those of the compacted store: wait for
             # the compactor to empty the fresh rows (not part of the rate).
@@ -220,6 +250,10 @@ def measureRows(args: argparse.Namespace, pgURL: Optional[str]) -> List[dict]:
         port = freePort()
         rows.append(measure("parse+ack", sensornetCommand(port, "none", workdir), port, args))
         port = freePort()
+        path = os.path.join(workdir, "floor.db")
+        rows.append(measure("floor", [sys.executable, os.path.join(HERE, "floor_server.py"), str(port), path],
+                            port, args))
+        port = freePort()
         path = os.path.join(workdir, "bench.db")
         files = (path, path + "-wal")
         rows.append(measure(
@@ -256,7 +290,7 @@ def run(args: argparse.Namespace, pgURLs: Callable[[int], Optional[str]]) -> Non
           f"server and load pinned apart: {cores(args)[0] is not None}; "
           + (f"medians of {args.repeat} runs (ratio range in brackets)" if args.repeat > 1 else "one run"))
     print(f"{'row':<12} {'readings/s':>12} {'vs line-acker':>22} {'vs line-only':>13} {'CPU us/reading':>15} "
-          f"{'bytes/reading':>14} {'acked':>10} {'seconds':>8}")
+          f"{'reactor+other':>14} {'bytes/reading':>14} {'acked':>10} {'seconds':>8}")
     for index, row in enumerate(repeats[0]):
         runs = [rows[index] for rows in repeats]
         ratios = sorted(r["rate"] / (rows[2]["rate"] or 1.0) for r, rows in zip(runs, repeats))
@@ -264,9 +298,12 @@ def run(args: argparse.Namespace, pgURLs: Callable[[int], Optional[str]]) -> Non
         spread = f" [{ratios[0]:.3f}-{ratios[-1]:.3f}]" if len(ratios) > 1 else ""
         sizes = [r["bytes"] for r in runs if "bytes" in r]
         size = f"{statistics.median(sizes):.1f}" if sizes else "-"
+        reactor = statistics.median(r["main_us"] for r in runs)
+        split = f"{reactor:.2f}+{statistics.median(r['cpu_us'] - r['main_us'] for r in runs):.2f}"
         print(f"{row['name']:<12} {statistics.median(r['rate'] for r in runs):>12,.0f} "
               f"{statistics.median(ratios):>8.3f}{spread:>14} {strict:>13.3f} "
               f"{statistics.median(r['cpu_us'] for r in runs):>15.2f} "
+              f"{split:>14} "
               f"{size:>14} {min(r['acked'] for r in runs):>10} {statistics.median(r['seconds'] for r in runs):>8.2f}")
 
 
