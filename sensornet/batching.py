@@ -148,7 +148,7 @@ class Batch:
 
     __slots__ = ("readings", "segments")
 
-    def __init__(self, readings: List[Reading], segments: List[Tuple[Call, int, int, int]]) -> None:
+    def __init__(self, readings: Sequence[Reading], segments: List[Tuple[Call, int, int, int]]) -> None:
         #: A L{BatchReadings} when the queue made it.
         self.readings = readings
         self.segments = segments
@@ -174,9 +174,9 @@ class SubmissionQueue:
         The next batch: up to C{most} readings, oldest first, skipping calls
         already settled.
         """
+        # The chunks with runs (sensornet.runs) as such, while every call
+        # has them.
         readings = BatchReadings()
-        # The chunks with runs (sensornet.runs), while every call has them.
-        parts = readings.parts
         segments: List[Tuple[Call, int, int, int]] = []
         room = most
         calls = self._calls
@@ -190,13 +190,10 @@ class SubmissionQueue:
             take = min(len(source) - start, room)
             segments.append((call, start, len(readings), take))
             whole = start == 0 and take == len(source)
-            if parts is not None and type(source) is ChunkReadings:
-                part = source if whole else source.cut(start, start + take)
-                parts.append((len(readings), part))
-                readings.extend(part)
+            if type(source) is ChunkReadings:
+                readings.add(source if whole else source.cut(start, start + take))
             else:
-                parts = readings.parts = None
-                readings.extend(source if whole else source[start : start + take])
+                readings.add(source if whole else source[start : start + take])
             call.taken += take
             call.inFlight += take
             room -= take
@@ -306,7 +303,7 @@ def logOutcome(log: Logger, outcome: Outcome) -> None:
         )
 
 
-def newlyStored(readings: List[Reading], outcome: Outcome) -> List[Reading]:
+def newlyStored(readings: Sequence[Reading], outcome: Outcome) -> Sequence[Reading]:
     """
     The readings of a batch that this batch stored (not duplicates, not
     refused, not lost to a failure): what the live feed gets.

@@ -9,7 +9,7 @@ and must not keep the list beyond the call unless it copies it.
 
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, Sequence
 
 from twisted.logger import Logger
 
@@ -17,7 +17,7 @@ from .reading import Reading
 
 __all__ = ["LiveFeed"]
 
-Listener = Callable[[List[Reading]], None]
+Listener = Callable[[Sequence[Reading]], None]
 
 
 class LiveFeed:
@@ -47,7 +47,7 @@ class LiveFeed:
 
         return unsubscribe
 
-    def publish(self, readings: List[Reading]) -> None:
+    def publish(self, readings: Sequence[Reading]) -> None:
         """
         Hand C{readings} (already committed) to every subscriber.
         """

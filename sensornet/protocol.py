@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
-from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Collection, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, cast
+from typing import (
+    TYPE_CHECKING, Any, Collection, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, cast,
+)
 
 from constantly import NamedConstant, Names, ValueConstant, Values
 from twisted.internet.defer import Deferred, succeed
@@ -218,7 +219,6 @@ def formatPeer(address: IAddress) -> str:
 
 # The replies, from the texts both ends of the wire rely on.
 _ACK_FORMAT = ACK_PREFIX.encode("ascii") + b"%d\n"
-_SEQ = attrgetter("seq")
 
 
 def _errorReply(seq: Optional[int], message: str) -> bytes:
@@ -284,7 +284,7 @@ class _Chunk:
 
     def __init__(self, received: float) -> None:
         self.slots: List[Any] = []
-        self.readings: List[Reading] = []
+        self.readings: Sequence[Reading] = ()
         self.received = received
         self.done = False
         self.replies = b""
@@ -525,7 +525,9 @@ class SensorProtocol(LineOnlyReceiver):
         maxSkew = factory.maxClockSkew
         horizon = math.inf if maxSkew is None else now + maxSkew
         chunk = _Chunk(now)
-        readings = chunk.readings
+        lineReadings: List[Reading] = []
+        readings: Sequence[Reading] = lineReadings
+        chunk.readings = readings
         # The refused lines, by index into lines, and their error replies
         # with the number of readings before them: the slots are laid out
         # after the loop, so that a chunk of readings only (the common case)
@@ -545,7 +547,7 @@ class SensorProtocol(LineOnlyReceiver):
             fast = None
         # A local name: this loop runs once per line, at hundreds of
         # thousands of lines per second.
-        addReading = readings.append
+        addReading = lineReadings.append
         for line in (lines if fast is None else ()):
             result = parseLine(line)
             if type(result) is Reading:
@@ -755,7 +757,7 @@ class SensorProtocol(LineOnlyReceiver):
         self.closingSince = self.factory.clock.seconds()
         self._closeWith(AUTH_REFUSED)
 
-    def _spendJunk(self, readings: List[Reading], errorReplies: List[Tuple[int, bytes]]) -> None:
+    def _spendJunk(self, readings: Sequence[Reading], errorReplies: List[Tuple[int, bytes]]) -> None:
         """
         Count a chunk's refused lines against the factory's C{junkBudget}:
         those after its last reading accepted, added to the count so far if
@@ -788,7 +790,7 @@ class SensorProtocol(LineOnlyReceiver):
             # usual chunk. When each is a native reading with a seq, its
             # replies are one format operation instead of one per line.
             seqs = (
-                list(map(_SEQ, readings)) if type(readings) is ChunkReadings
+                readings.seqs if type(readings) is ChunkReadings
                 else [reading.seq if reading.dialect == "native" else None for reading in readings]
             )
             if None not in seqs:

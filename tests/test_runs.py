@@ -351,3 +351,48 @@ def test_the_latest_reading_is_the_same_when_times_meet_within_a_microsecond() -
         assert written(fast, list(batch)) == written(slow, list(batch))
         [summary] = fast.summaries
         assert summary.value == latest
+
+
+def test_a_batch_of_runs_is_stored_without_making_a_reading(tmp_path: Any) -> None:
+    """
+    The everyday path (chunks parsed in one pass, queued, planned per run,
+    stored) makes no L{Reading}: they are made only when something iterates
+    or indexes the chunk, and then with the chunk's peer and time.
+    """
+    lines = [line(s, "temperature", 20.0 + i, 1 + i, 1_700_000_000_000_000_000 + i) for i in range(4)
+             for s in _SENSORS]
+    for each in lines:
+        parseCanonical(each)
+    later = [line(s, "temperature", 30.0 + i, 10 + i, None) for i in range(2) for s in _SENSORS]
+    for each in later:
+        parseCanonical(each)
+    chunks = [parseCanonicalChunk(lines, "127.0.0.1:5001", _NOW), parseCanonicalChunk(later, "127.0.0.1:5002", _NOW)]
+    store = SQLiteStore(str(tmp_path / "lazy.db"))
+    store.open()
+    try:
+        # The first write creates the series and origins (per reading).
+        store.write([Reading(s, "temperature", 1.0, "C", peer=peer, received_at=_NOW)
+                     for s in _SENSORS for peer in ("127.0.0.1:5001", "127.0.0.1:5002")])
+        [first] = batchOf([chunks[0]], 100)
+        assert store.write(first).stored == 12
+        assert chunks[0]._readings is None and first._readings is None
+        assert chunks[0].seqs == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+        # A batch cut from a chunk: its part is runs too.
+        [second, third] = batchOf([chunks[1]], 4)
+        assert store.write(second).stored == 4 and store.write(third).stored == 2
+        assert chunks[1]._readings is None and second._readings is None and third._readings is None
+        # A resend goes reading by reading (it needs them to find its
+        # duplicates), and says so.
+        [resend] = batchOf([parseCanonicalChunk(later, "127.0.0.1:5002", _NOW)], 100)
+        assert store.write(resend).duplicates == 6 and resend._readings is not None
+        stored = store.readings(limit=100)
+    finally:
+        store.close()
+    assert len(stored) == 6 + 12 + 6
+    made = list(chunks[0])
+    expected = [parseCanonical(each) for each in lines]
+    for reading in expected:
+        assert reading is not None
+        reading.peer, reading.received_at = "127.0.0.1:5001", _NOW
+    assert made == expected
+    assert chunks[0][3] is made[3] and chunks[0].cut(2, 5)[0] is made[2]

@@ -173,13 +173,14 @@ def parseCanonicalChunk(lines: List[bytes], peer: str = "", receivedAt: float = 
     as L{parseCanonical} parses each, in one pass over the chunk in C and
     one short loop: what a relay's chunk of hundreds of readings costs.
 
-    Returns the readings, in order, exactly those L{parseCanonical} gives
-    line by line, with their runs (L{ChunkReadings}: grouped by head as
-    they are parsed, so that the store can plan them per head), each
-    reading and the list stamped with C{peer} and C{receivedAt}; or L{None}
-    when any line is not in the canonical shape or anything in one is wrong
-    (a name not seen before included): the caller then parses line by line,
-    which says what is wrong where. Never raises.
+    Returns the readings as runs (L{ChunkReadings}: grouped by head as they
+    are parsed, so that the store can plan them per run, and with each
+    line's seq in line order), stamped with C{peer} and C{receivedAt}: as a
+    sequence, exactly the readings L{parseCanonical} gives line by line,
+    though none is made unless asked for. Or L{None} when any line is not in
+    the canonical shape or anything in one is wrong (a name not seen before
+    included): the caller then parses line by line, which says what is
+    wrong where. Never raises.
     """
     try:
         matches = _CHUNK(b"\n".join(lines))
@@ -187,10 +188,8 @@ def parseCanonicalChunk(lines: List[bytes], peer: str = "", receivedAt: float = 
             return None
         heads = _heads
         runs: Dict[bytes, Run] = {}
-        readings = ChunkReadings((), runs)
-        readings.peer = peer
-        readings.receivedAt = receivedAt
-        add = readings.append
+        lineSeqs: List[Optional[int]] = []
+        addSeq = lineSeqs.append
         for index, (head, valueRaw, seqRaw, tsRaw) in enumerate(matches):
             run = runs.get(head)
             if run is None:
@@ -211,16 +210,15 @@ def parseCanonicalChunk(lines: List[bytes], peer: str = "", receivedAt: float = 
                 ns: Optional[int] = int(tsRaw)
                 if ns > MAX_NS or ns < MIN_NS:  # type: ignore[operator]
                     return None
-                ts: Optional[float] = ns / NS_PER_SECOND  # type: ignore[operator]
             else:
-                ns = ts = None
-            names, positions, values, seqs, times = run
-            add(Reading(names[0], names[1], value, names[2], ts, seq, "native", peer, receivedAt))
+                ns = None
+            _, positions, values, seqs, times = run
             positions.append(index)
             values.append(value)
             seqs.append(seq)
             times.append(ns)
-        return readings
+            addSeq(seq)
+        return ChunkReadings(runs, lineSeqs, peer, receivedAt)
     except Exception:
         return None
 

@@ -388,7 +388,7 @@ class RulesEngine(Service):
             found = self._matches[key] = rule.matches(sensor)
         return found
 
-    def readingsCommitted(self, readings: List[Reading]) -> None:
+    def readingsCommitted(self, readings: Sequence[Reading]) -> None:
         """
         Evaluate threshold rules on a committed batch (a
         L{sensornet.feed.LiveFeed} listener), and resolve silence alerts of

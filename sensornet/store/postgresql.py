@@ -606,7 +606,13 @@ class PostgreSQLStore(Store):
                 conn.execute("BEGIN")
                 # Every lock of the call in one statement, in id order, before
                 # anything else is locked: writers cannot deadlock.
-                names = sorted(set(map(_SENSOR_NAME, readings)))
+                parts = getattr(readings, "parts", None)
+                names = sorted(
+                    # A batch of runs names its sensors once a run, without
+                    # making its readings.
+                    {run[0][0] for _, chunk in parts for run in chunk.runs.values()} if parts
+                    else set(map(_SENSOR_NAME, readings))
+                )
                 self._ensureSensors(conn, names)
                 states = [self._sensorsByName[name] for name in names]
                 ids = sorted(state.id for state in states)
@@ -614,7 +620,7 @@ class PostgreSQLStore(Store):
                 marks: Optional[psycopg.Cursor[Any]] = conn.execute(_HIGH_WATER, (ids,))
                 # Chunks that came with their runs are planned per run (one
                 # part only: the writer's batches); see SQLiteStore.write.
-                runs = getattr(readings, "parts", None) if len(readings) <= IDS_PER_RANGE else None
+                runs = parts if len(readings) <= IDS_PER_RANGE else None
                 # One id range per part; the writer's batches are one part.
                 for start in range(0, len(readings), IDS_PER_RANGE):
                     nextRange = conn.execute(_NEXT_RANGE)
@@ -625,7 +631,7 @@ class PostgreSQLStore(Store):
                         marks = None
                     row = nextRange.fetchone()
                     assert row is not None
-                    part = readings[start:start + IDS_PER_RANGE]
+                    part = readings if runs else readings[start:start + IDS_PER_RANGE]
                     fast = (
                         planRuns(runs, len(part), self._seriesByKey, self._originsByKey, row[0] * IDS_PER_RANGE)
                         if runs else None

@@ -375,7 +375,7 @@ class StreamResource(Resource):
         self.encodings += 1
         return encodeEvent(readings)
 
-    def batchCommitted(self, readings: List[Reading]) -> None:
+    def batchCommitted(self, readings: Sequence[Reading]) -> None:
         """
         The feed's one listener: per distinct filter, select and encode the
         batch once (split every C{maxEventReadings}), then write the same
