@@ -13,7 +13,11 @@ with two cores or more the server is pinned to one core and the load
 generator to another, so they do not compete; beside each rate the server's
 own CPU time per reading is printed (from /proc), split into the main
 (reactor) thread's and the other threads' (writer, compaction,
-checkpoints), and for the storing rows the bytes on disk per reading. Rows:
+checkpoints), and for the storing rows the bytes on disk per reading and
+the CPU per reading up to the last reading compacted ("with compaction":
+a burst leaves some of its compaction for after the rate is taken; in
+brackets, the line-acker's CPU per reading over it, the ratio a server kept
+busy by this load would sustain). Rows:
 
 - chunk-acker: a bare Twisted server acking all lines of a chunk in one
   write (bench/baseline_server.py): the ceiling of Twisted's I/O here
@@ -190,6 +194,10 @@ def measure(name: str, command: list, port: int, args: argparse.Namespace, files
             # Bytes per reading are those of the compacted store: wait for
             # the compactor to empty the fresh rows (not part of the rate).
             result["compact_s"] = waitCompacted(files[0], args.seconds)
+            # A burst's rate leaves some of its compaction for after the
+            # run; every reading pays for it in the end, so the CPU up to
+            # the last compacted reading is printed too.
+            result["cpu_all_us"] = (cpuSeconds(server.pid) - before) / result["acked"] * 1e6
     finally:
         stopServer(server)
     if files:
@@ -290,7 +298,7 @@ def run(args: argparse.Namespace, pgURLs: Callable[[int], Optional[str]]) -> Non
           f"server and load pinned apart: {cores(args)[0] is not None}; "
           + (f"medians of {args.repeat} runs (ratio range in brackets)" if args.repeat > 1 else "one run"))
     print(f"{'row':<12} {'readings/s':>12} {'vs line-acker':>22} {'vs line-only':>13} {'CPU us/reading':>15} "
-          f"{'reactor+other':>14} {'bytes/reading':>14} {'acked':>10} {'seconds':>8}")
+          f"{'reactor+other':>14} {'with compaction':>16} {'bytes/reading':>14} {'acked':>10} {'seconds':>8}")
     for index, row in enumerate(repeats[0]):
         runs = [rows[index] for rows in repeats]
         ratios = sorted(r["rate"] / (rows[2]["rate"] or 1.0) for r, rows in zip(runs, repeats))
@@ -300,10 +308,18 @@ def run(args: argparse.Namespace, pgURLs: Callable[[int], Optional[str]]) -> Non
         size = f"{statistics.median(sizes):.1f}" if sizes else "-"
         reactor = statistics.median(r["main_us"] for r in runs)
         split = f"{reactor:.2f}+{statistics.median(r['cpu_us'] - r['main_us'] for r in runs):.2f}"
+        # CPU per reading up to the last one compacted, and what the
+        # line-acker's CPU per reading is of it: the rate a core kept busy
+        # by this load would sustain, compaction paid for.
+        alls = [(r["cpu_all_us"], rows[2]["cpu_us"]) for r, rows in zip(runs, repeats) if "cpu_all_us" in r]
+        compacted = (
+            f"{statistics.median(a for a, _ in alls):.2f} ({statistics.median(b / a for a, b in alls):.2f}x)"
+            if alls else "-"
+        )
         print(f"{row['name']:<12} {statistics.median(r['rate'] for r in runs):>12,.0f} "
               f"{statistics.median(ratios):>8.3f}{spread:>14} {strict:>13.3f} "
               f"{statistics.median(r['cpu_us'] for r in runs):>15.2f} "
-              f"{split:>14} "
+              f"{split:>14} {compacted:>16} "
               f"{size:>14} {min(r['acked'] for r in runs):>10} {statistics.median(r['seconds'] for r in runs):>8.2f}")
 
 
