@@ -142,6 +142,10 @@ class ServerMetrics:
         self.expired = Counter(
             "sensornet_store_expired_rows", "Blocks and rollup rows deleted by retention.", registry=r,
         )
+        self.originsExpired = Counter(
+            "sensornet_store_expired_origins",
+            "Origins (unit, peer, dialect) deleted as named by no stored reading any more.", registry=r,
+        )
         self.maintenanceFailures = Counter(
             "sensornet_store_maintenance_failures",
             "Compaction or expiry rounds that failed (retried on the next round).", registry=r,

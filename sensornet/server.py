@@ -217,7 +217,8 @@ class SensorServerService(OffersLogObserver, MultiService):
             from .store.maintenance import StoreMaintenance
 
             self.maintenance = StoreMaintenance(
-                config.store, reactor, self.metrics, retention=config.retention, compactAfter=config.compactAfter
+                config.store, reactor, self.metrics, retention=config.retention, compactAfter=config.compactAfter,
+                maxClockSkew=config.maxClockSkew,
             )
             self.maintenance.setServiceParent(self)
         # The credentials every sensor connection (and the HTTP side) checks

@@ -20,7 +20,7 @@ from sensornet.metrics import ServerMetrics
 from sensornet.reading import Reading
 from sensornet.store import openStore
 from sensornet.store.base import loadMigrations
-from sensornet.store.maintenance import StoreMaintenance
+from sensornet.store.maintenance import StoreMaintenance, originHorizon
 from sensornet.store.retention import RetentionPolicy, parseOverride, parseRetention
 from sensornet.store.sqlite import SQLiteStore, splitStatements
 
@@ -647,3 +647,50 @@ def test_the_size_gauges_are_read_once_per_stats_interval(tmp_path) -> None:
     # The first round also reads it once for the disk estimate.
     assert calls == [0.0, 0.0, 15.0, 30.0]
     assert [k for k, r in enumerate(reported) if r] == [0, 15, 30]
+
+
+def test_origins_no_stored_reading_names_expire_after_a_whole_expiry_pass(store_url) -> None:
+    """
+    A fleet that reconnects leaves an origin per connection. Once retention
+    has dropped every reading that named one (a whole expiry pass), and it
+    was last used longer ago than the horizon (raw retention, the clock
+    skew limit, a block's hour, the recording period, a day), it goes,
+    counted; an origin in use stays. Without a clock skew limit, or with
+    raw readings kept for ever, none goes.
+    """
+    from twisted.internet.task import Clock
+
+    horizon = originHorizon(None, 300.0)
+    assert horizon == 30 * 86400 + 300 + 3600 + 3600 + 86400
+    assert originHorizon(None, None) is None
+    assert originHorizon(RetentionPolicy(parseRetention("raw:forever,1m:forever,1h:forever")), 300.0) is None
+    writer = openStore(store_url)
+    then = NOW - horizon - 7200
+    try:
+        writer.clock = lambda: then
+        writer.write([
+            Reading(f"gone{k}", "temperature", 1.0, "C", ts=then, seq=1, peer=f"192.0.2.9:{4000 + k}",
+                    received_at=then)
+            for k in range(5)
+        ])
+        writer.compactOnce(writer.freshWatermark(), 10_000)
+        writer.clock = lambda: NOW
+        writer.write([Reading("live", "temperature", 2.0, "C", ts=NOW, seq=1, peer="192.0.2.1:5000", received_at=NOW)])
+        for skew in (None, 300.0):
+            metrics = ServerMetrics()
+            service = StoreMaintenance(store_url, Clock(), metrics, maxClockSkew=skew)
+            try:
+                service._succeeded(service._round(0.0, NOW))
+            finally:
+                service._drop()
+            db = writer._connection()
+            peers = sorted(peer for (peer,) in db.execute("SELECT peer FROM origins"))
+            expired = metrics.registry.get_sample_value("sensornet_store_expired_origins_total")
+            if skew is None:
+                # Retention dropped the old readings' blocks; the origins stay.
+                assert db.execute("SELECT count(*) FROM blocks").fetchone()[0] == 0
+                assert len(peers) == 6 and expired == 0
+        assert peers == ["192.0.2.1:5000"] and expired == 5 and service.originsExpired == 5
+        assert [(r["sensor"], r["peer"]) for r in allReadings(writer)] == [("live", "192.0.2.1:5000")]
+    finally:
+        writer.close()

@@ -420,3 +420,48 @@ def test_the_origin_cache_stays_bounded_when_sensors_reconnect(store, monkeypatc
     distinct = db.execute("SELECT count(*) FROM (SELECT DISTINCT unit, peer, dialect FROM origins) AS o").fetchone()[0]
     # Two units for each of the 30 peers; the resend's origin was one of them.
     assert total == distinct == 60
+
+
+def test_an_origin_records_its_use_once_an_hour_and_one_unused_expires(store) -> None:
+    """
+    A writer records when it last stored a reading from each origin, at
+    most once an hour per origin. Origins unused since a time go (never the
+    newest); a writer that still had one in memory plans its batch again
+    and stores it under the origin made anew, with its peer.
+    """
+    now = [1_790_000_000.0]
+    store.clock = lambda: now[0]
+
+    def write(sensor: str, seq: int, peer: str) -> WriteResult:
+        return store.write([Reading(sensor, "temperature", 1.0, "C", ts=now[0], seq=seq, peer=peer,
+                                    received_at=now[0])])
+
+    def origins() -> dict:
+        db = store._connection()
+        return {peer: (originId, used) for originId, peer, used in db.execute("SELECT id, peer, last_used FROM origins")}
+
+    a, b, c = "192.0.2.1:1000", "192.0.2.2:1000", "192.0.2.3:1000"
+    write("a", 1, a)
+    write("b", 1, b)
+    first = origins()
+    assert first[a][1] == first[b][1] == int(now[0] * 1_000_000)
+    now[0] += 600
+    write("a", 2, a)
+    assert origins() == first, "recorded again within the hour"
+    now[0] += 3600
+    write("a", 3, a)
+    assert origins()[a] == (first[a][0], int(now[0] * 1_000_000))
+    write("c", 1, c)
+    # b was last used over an hour ago; a and c (the newest) just now.
+    assert store.expireOrigins(now[0] - 60, 100) == 1
+    assert set(origins()) == {a, c}
+    # Even unused, the newest origin stays; a goes.
+    assert store.expireOrigins(now[0] + 60, 100) == 1
+    assert set(origins()) == {c}
+    # The writer still has b's id in memory: it finds it gone, and stores
+    # the reading under a new origin.
+    result = write("b2", 1, b)
+    assert (result.stored, result.duplicates) == (1, 0)
+    assert origins()[b][0] > first[b][0]
+    [row] = store.readings(sensor="b2", limit=10)
+    assert row["peer"] == b

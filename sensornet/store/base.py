@@ -12,8 +12,9 @@ L{sensornet.writer} and L{sensornet.store.queries}.
 from __future__ import annotations
 
 import re
+import time
 from importlib import resources
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
@@ -45,6 +46,21 @@ DEFAULT_STORE = "sqlite:sensornet.db"
 #: end. Past this many it is emptied before the next batch and refilled from
 #: the origins table as batches need them.
 ORIGIN_CACHE_LIMIT = 100_000
+
+#: How often, at most, a writing store records that an origin is in use
+#: (seconds): once per origin per such period, in the batch that uses it.
+#: An origin unused for longer than raw readings are kept is deleted (see
+#: L{Store.expireOrigins}); this is far finer than that.
+ORIGIN_USE_PERIOD = 3600.0
+
+
+class OriginGone(Exception):
+    """
+    An origin the writer had in memory was deleted meanwhile (unused for
+    longer than raw readings are kept): the batch is planned again, from
+    the database.
+    """
+
 
 #: Above every series id (ids are 64-bit): L{Store.compactSeries}' C{through}
 #: for "to the last series".
@@ -201,6 +217,34 @@ class Store:
     #: finished (0: from the first).
     _compactCursor: int = 0
 
+    #: The time, for when origins were last used (a test's clock can stand
+    #: in for it).
+    clock: Callable[[], float] = staticmethod(time.time)  # type: ignore[assignment]
+
+    #: The origins this writer recorded as used, by id: the
+    #: L{ORIGIN_USE_PERIOD} in which it did.
+    _originUse: Dict[int, int]
+
+    def _originsToRecord(self, used: Iterable[int], now: float) -> List[int]:
+        """
+        Those of the origins C{used} by a batch written at C{now} whose use
+        this period is not recorded yet.
+        """
+        period = int(now // ORIGIN_USE_PERIOD)
+        recorded = self._originUse
+        return [origin for origin in used if recorded.get(origin) != period]
+
+    def _originsRecorded(self, origins: Iterable[int], now: float) -> None:
+        """
+        Remember that the use of C{origins} at C{now} is committed.
+        """
+        period = int(now // ORIGIN_USE_PERIOD)
+        recorded = self._originUse
+        if len(recorded) > ORIGIN_CACHE_LIMIT:
+            recorded.clear()
+        for origin in origins:
+            recorded[origin] = period
+
     def open(self) -> None:
         """
         Connect, then create or migrate the schema to the newest version.
@@ -345,6 +389,18 @@ class Store:
         starts: the last series id finished, or 0 when the end was reached;
         rows deleted). A call that ran out of C{rows} inside a series
         returns the id before it, so the next call finishes that series.
+        """
+        raise NotImplementedError()
+
+    def expireOrigins(self, before: float, limit: int) -> int:
+        """
+        Delete at most C{limit} origins last used before C{before} (seconds
+        since the epoch), never the newest origin (whose id SQLite would
+        give out again); returns how many. The caller promises that no
+        stored reading names them any more (see
+        L{sensornet.store.maintenance.originHorizon}). A writer that still
+        has one in memory finds it gone when it records its use, and plans
+        its batch again (L{OriginGone}).
         """
         raise NotImplementedError()
 

@@ -29,7 +29,7 @@ a slow path only resends take.
 
 from __future__ import annotations
 
-from itertools import islice, repeat
+from itertools import chain, islice, repeat
 from operator import lt, mul
 from typing import (
     TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple,
@@ -66,6 +66,7 @@ __all__ = [
     "planBatch",
     "planRuns",
     "RunsPlan",
+    "originsOf",
     "settleCandidates",
     "freshRows",
     "summaryRows",
@@ -224,11 +225,20 @@ class RunsPlan(NamedTuple):
         a runs row (L{sensornet.store.codec.runsRow}).
     @ivar summaries: One L{Summary} per series, ordered by series id.
     @ivar nextId: The next free reading id after this batch.
+    @ivar origins: The origins of its readings.
     """
 
     rows: List[Tuple[int, int, int, Optional[int], Optional[int], int, bytes]]
     summaries: List["Summary"]
     nextId: int
+    origins: Set[int]
+
+
+def originsOf(plan: BatchPlan) -> Set[int]:
+    """
+    The origins of the readings C{plan} stores.
+    """
+    return set(chain.from_iterable(group.origins for group in plan.groups.values()))
 
 
 def _microseconds(ns: int) -> int:
@@ -273,6 +283,7 @@ def planRuns(
     # first received, last received].
     planned: Dict[int, List[Any]] = {}
     marks: Dict[int, Tuple[SensorState, int]] = {}
+    used: Set[int] = set()
     for offset, chunk in parts:
         peer = chunk.peer
         received = int(round(chunk.receivedAt * 1_000_000))
@@ -285,6 +296,7 @@ def planRuns(
             if entry is None or origin is None or entry.id in seriesInChunk:
                 return None
             seriesInChunk.add(entry.id)
+            used.add(origin)
             total = sum(values)
             if total - total != 0.0:
                 return None
@@ -365,7 +377,7 @@ def planRuns(
         pieces, n, t0, t1, seq0, seq1, (ts, _), value, unit, first, last = planned[sid]
         rows.append((sid, t0, t1, seq0, seq1, n, runsRow(pieces, n)))
         summaries.append(Summary(sid, unit, value, ts, n, first, last, NO_SEQ if seq1 is None else seq1))
-    return RunsPlan(rows, summaries, nextId + size)
+    return RunsPlan(rows, summaries, nextId + size, used)
 
 
 def settleCandidates(

@@ -47,10 +47,36 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..metrics import ServerMetrics
-from .base import Store
+from .base import ORIGIN_USE_PERIOD, Store
+from .layout import BLOCK_SPAN, retentionRules
 from .threads import WorkerThreads
 
-__all__ = ["StoreMaintenance", "REFERENCE_SERIES", "REFERENCE_INTERVAL"]
+__all__ = ["StoreMaintenance", "REFERENCE_SERIES", "REFERENCE_INTERVAL", "originHorizon"]
+
+#: Margin added to an origin's horizon for what the arithmetic does not see
+#: (a clock stepped back, an expiry pass that lasted long).
+ORIGIN_SLACK = 86_400.0
+
+
+def originHorizon(retention: Any, maxClockSkew: Optional[float]) -> Optional[float]:
+    """
+    How long after an origin's recorded last use no stored reading can
+    name it any more (seconds); L{None} when that never comes (a rule keeps
+    raw readings for ever, or readings may be stamped any time ahead).
+
+    A reading received when its origin was last used is stamped at most
+    C{maxClockSkew} later; its block holds one hour-aligned window
+    (L{BLOCK_SPAN}), so ends at most an hour after that; it goes once its
+    end is older than its rule's raw retention. The use is recorded at most
+    once an L{ORIGIN_USE_PERIOD}, so it may have come that much later; and
+    L{ORIGIN_SLACK} on top.
+    """
+    if maxClockSkew is None:
+        return None
+    raws = [rule.raw for rule in retentionRules(retention)]
+    if any(raw is None for raw in raws):
+        return None
+    return max(raws) + maxClockSkew + BLOCK_SPAN / 1_000_000 + ORIGIN_USE_PERIOD + ORIGIN_SLACK
 
 #: The fleet the start-up disk estimate is also given for: the fleet this
 #: service is built for, at the seed's temperature cadence.
@@ -81,6 +107,9 @@ class StoreMaintenance(Service):
     @cvar statsInterval: Seconds between two readings of the store's size
         for the C{sensornet_store_fresh_readings} and
         C{sensornet_store_series} gauges (a scan of every fresh row).
+    @cvar originInterval: Seconds between two expiries of unused origins
+        (a scan of the origins table).
+    @ivar originsExpired: Origins deleted so far.
     """
 
     _log = Logger()
@@ -93,6 +122,7 @@ class StoreMaintenance(Service):
     expireBudget = 20_000
     logInterval = 60.0
     statsInterval = 15.0
+    originInterval = 3600.0
 
     def __init__(
         self,
@@ -103,6 +133,7 @@ class StoreMaintenance(Service):
         compactAfter: float = 60.0,
         openStore: Optional[Callable[[str], Store]] = None,
         wallClock: Optional[Callable[[], float]] = None,
+        maxClockSkew: Optional[float] = None,
     ) -> None:
         """
         @param reactor: Drives the rounds (L{IReactorTime}) and hears from the
@@ -112,6 +143,10 @@ class StoreMaintenance(Service):
         @param compactAfter: Seconds a fresh row waits before it is compacted.
         @param wallClock: Seconds since the epoch now, for expiry (default:
             the reactor's C{seconds}).
+        @param maxClockSkew: The server's C{--max-clock-skew}: how far ahead
+            of its clock a stored reading's time can be, which bounds how
+            long a block outlives the origins it names; L{None} (no limit)
+            keeps every origin.
         """
         self.url = url
         self.reactor = reactor
@@ -124,6 +159,14 @@ class StoreMaintenance(Service):
         self.failures = 0
         self.compacted = 0
         self.expired = 0
+        self.originsExpired = 0
+        self.maxClockSkew = maxClockSkew
+        # The wall time the expiry pass under way began, and that of the
+        # last pass completed (None: none yet in this process).
+        self._passStart: Optional[float] = None
+        self._expiredAsOf: Optional[float] = None
+        # When origins are next expired (wall time).
+        self._originsDue = 0.0
         self._store: Optional[Store] = None
         self._threads: Optional[WorkerThreads] = None
         self._loop: Optional[LoopingCall] = None
@@ -184,10 +227,11 @@ class StoreMaintenance(Service):
 
         d.addBoth(finished)
 
-    def _round(self, now: float, wall: float) -> Tuple[int, int, Optional[dict]]:
+    def _round(self, now: float, wall: float) -> Tuple[int, int, Optional[dict], int]:
         """
         One round, on the maintenance thread: (readings compacted, rows
-        expired, the store's fleet stats when they were due, else L{None}).
+        expired, the store's fleet stats when they were due, else L{None},
+        origins expired).
         """
         store = self._store
         if store is None:
@@ -213,14 +257,21 @@ class StoreMaintenance(Service):
             compacted = self._sweep(store, upTo) if upTo else 0
             expired = 0
             while True:
+                if self._expireAfter == 0:
+                    self._passStart = wall
                 self._expireAfter, step = store.expireOnce(
                     wall, self._expireAfter, self.expireSeries, self.expireRows
                 )
                 expired += step
+                if self._expireAfter == 0 and self._passStart is not None:
+                    # A pass over every series is done: whatever retention
+                    # dropped as of its start is gone.
+                    self._expiredAsOf, self._passStart = self._passStart, None
                 if step < self.expireRows or expired >= self.expireBudget:
                     break
                 # Let the writer take the database between transactions.
                 time.sleep(0.001)
+            originsExpired = self._expireOrigins(store, wall)
             stats: Optional[dict] = None
             if now >= self._statsDue:
                 # A scan of every fresh row: at a fleet's steady state (a
@@ -228,10 +279,30 @@ class StoreMaintenance(Service):
                 # too much for every round.
                 self._statsDue = now + self.statsInterval
                 stats = store.fleetStats()
-            return compacted, expired, stats
+            return compacted, expired, stats, originsExpired
         except BaseException:
             self._drop()
             raise
+
+    def _expireOrigins(self, store: Store, wall: float) -> int:
+        """
+        Once every C{originInterval} seconds, after a whole expiry pass:
+        delete the origins no stored reading can name any more (those
+        unused for longer than L{originHorizon} before that pass began), in
+        transactions of C{expireRows}, at most C{expireBudget} a round.
+        """
+        horizon = originHorizon(self.retention, self.maxClockSkew)
+        if horizon is None or self._expiredAsOf is None or wall < self._originsDue:
+            return 0
+        self._originsDue = wall + self.originInterval
+        before = self._expiredAsOf - horizon
+        deleted = 0
+        while True:
+            step = store.expireOrigins(before, self.expireRows)
+            deleted += step
+            if step < self.expireRows or deleted >= self.expireBudget:
+                return deleted
+            time.sleep(0.001)
 
     def _sweep(self, store: Store, upTo: int) -> int:
         """
@@ -287,8 +358,11 @@ class StoreMaintenance(Service):
         for line in lines:
             self._log.info("retention {retention}: {estimate}", retention=policy.default.describe(), estimate=line)
 
-    def _succeeded(self, result: Tuple[int, int, Optional[dict]]) -> None:
-        compacted, expired, stats = result
+    def _succeeded(self, result: Tuple[int, int, Optional[dict], int]) -> None:
+        compacted, expired, stats, originsExpired = result
+        self.originsExpired += originsExpired
+        if self.metrics is not None:
+            self.metrics.originsExpired.inc(originsExpired)
         if not self._estimateLogged and self._estimate is not None:
             self._logEstimate()
         self.rounds += 1

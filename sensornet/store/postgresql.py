@@ -55,7 +55,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..reading import Reading
 from . import base
-from .base import Store, StoreError, StoreRejected, StoreUnavailable, WriteResult, loadMigrations
+from .base import OriginGone, Store, StoreError, StoreRejected, StoreUnavailable, WriteResult, loadMigrations
 from .codec import encodeFresh
 from .layout import (
     BatchPlan,
@@ -69,6 +69,7 @@ from .layout import (
     freshRows,
     fromMicroseconds,
     planBatch,
+    originsOf,
     planRuns,
     wholeSeries,
     retentionRules,
@@ -133,6 +134,17 @@ _INSERT_ORIGINS = (
     "INSERT INTO origins (unit, peer, dialect) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) "
     "ON CONFLICT (unit, peer, dialect) DO NOTHING"
 )
+# Origins unused since the first parameter (microseconds), at most the
+# second, never the newest (as in SQLite; identity ids are not given out
+# again here, but the rule is kept alike). The outer test is checked again
+# on a row a concurrent writer just marked as used: that row stays.
+_EXPIRE_ORIGINS = (
+    "DELETE FROM origins WHERE last_used < %(before)s AND id IN (SELECT id FROM origins "
+    "WHERE last_used < %(before)s "
+    "AND id < (SELECT max(id) FROM origins) ORDER BY id LIMIT %(limit)s)"
+)
+# When origins were last used (see base.ORIGIN_USE_PERIOD): the ids found.
+_ORIGIN_USED = "UPDATE origins SET last_used = %s WHERE id = ANY(%s) RETURNING id"
 _SELECT_ORIGINS = (
     "SELECT id, unit, peer, dialect FROM origins WHERE (unit, peer, dialect) IN "
     "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))"
@@ -495,6 +507,7 @@ class PostgreSQLStore(Store):
         self._sensorsByName: Dict[str, SensorState] = {}
         self._seriesByKey: Dict[Tuple[str, str], SeriesEntry] = {}
         self._originsByKey: Dict[Tuple[str, str, str], int] = {}
+        self._originUse: Dict[int, int] = {}
 
     def _ensureSensors(self, conn: "psycopg.Connection[Any]", names: List[str]) -> None:
         """
@@ -591,10 +604,26 @@ class PostgreSQLStore(Store):
     def write(self, readings: Sequence[Reading]) -> WriteResult:
         if not readings:
             return WriteResult(0, 0, ())
-        conn = self._connection()
-        duplicates: List[int] = []
         if len(self._originsByKey) > base.ORIGIN_CACHE_LIMIT:
             self._originsByKey.clear()
+        try:
+            return self._writeOnce(readings)
+        except OriginGone:
+            # An origin in memory was deleted as unused meanwhile: rolled
+            # back, caches forgotten; planned again from the database, which
+            # creates it anew. Once: it cannot happen twice.
+            return self._writeOnce(readings)
+
+    def _writeOnce(self, readings: Sequence[Reading]) -> WriteResult:
+        """
+        One transaction of L{write}.
+
+        @raise OriginGone: An origin the batch was planned with no longer
+            exists; nothing is committed, the caches are forgotten.
+        """
+        conn = self._connection()
+        duplicates: List[int] = []
+        used: Set[int] = set()
         try:
             # Pipeline mode: statements whose results are not needed at once
             # travel together, and reading a result sends what is queued.
@@ -638,14 +667,24 @@ class PostgreSQLStore(Store):
                     )
                     if fast is not None:
                         rows, summaries = fast.rows, fast.summaries
+                        used.update(fast.origins)
                     else:
                         plan = self._plan(conn, part, row[0] * IDS_PER_RANGE, readings)
                         rows, summaries = freshRows(plan), summaryRows(plan, part)
+                        used.update(originsOf(plan))
                         duplicates.extend(start + i for i in plan.duplicates)
                     if rows:
                         cursor = conn.cursor(binary=True)
                         cursor.execute(_INSERT_FRESH, _columns(rows, 7))
                         cursor.execute(_UPDATE_SERIES, _columns(summaries, 8))
+                now = self.clock()
+                record = self._originsToRecord(used, now)
+                if record:
+                    # Rare (once per origin an hour): waiting for the count
+                    # here is no cost that matters.
+                    found = conn.execute(_ORIGIN_USED, (int(now * 1_000_000), record)).fetchall()
+                    if len(found) != len(record):
+                        raise OriginGone()
                 conn.execute("COMMIT")
         except BaseException as e:
             self._forget()
@@ -653,6 +692,7 @@ class PostgreSQLStore(Store):
             if isinstance(e, (psycopg.Error, OverflowError, UnicodeError)):
                 raise classify(e) from e
             raise
+        self._originsRecorded(record, now)
         return WriteResult(len(readings) - len(duplicates), len(duplicates), tuple(duplicates))
 
     @staticmethod
@@ -857,6 +897,16 @@ class PostgreSQLStore(Store):
         except (psycopg.Error, OverflowError) as e:
             raise classify(e) from e
         return plan.readings, following
+
+    def expireOrigins(self, before: float, limit: int) -> int:
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                cursor = conn.execute(_EXPIRE_ORIGINS, {"before": int(before * 1_000_000), "limit": limit})
+                deleted = max(cursor.rowcount, 0)
+        except psycopg.Error as e:
+            raise classify(e) from e
+        return deleted
 
     def expireOnce(self, now: float, after: int, limit: int, rows: Optional[int] = None) -> Tuple[int, int]:
         rules = retentionRules(self.retention)

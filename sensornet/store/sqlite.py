@@ -37,7 +37,7 @@ from zope.interface import implementer
 from ..interfaces import ICheckpointedStore
 from ..reading import Reading
 from . import base
-from .base import Store, StoreError, StoreRejected, StoreUnavailable, WriteResult, loadMigrations
+from .base import OriginGone, Store, StoreError, StoreRejected, StoreUnavailable, WriteResult, loadMigrations
 from .codec import encodeFresh
 from .layout import (
     BatchPlan,
@@ -51,6 +51,7 @@ from .layout import (
     freshRows,
     fromMicroseconds,
     planBatch,
+    originsOf,
     planRuns,
     wholeSeries,
     retentionRules,
@@ -67,6 +68,19 @@ __all__ = ["SQLiteStore"]
 _log = Logger()
 
 _INSERT_FRESH = "INSERT INTO fresh (series, t0, t1, seq0, seq1, n, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+# When an origin was last used (see base.ORIGIN_USE_PERIOD): 1 the time in
+# microseconds, 2 the origin.
+_ORIGIN_USED = "UPDATE origins SET last_used = ?1 WHERE id = ?2"
+
+# Origins unused since 1 (microseconds), at most 2 of them, never the newest:
+# a table without AUTOINCREMENT gives the greatest id out again once it is
+# deleted, and a reader may still have that id's names in memory. An origin
+# whose use was never recorded (NULL) is kept.
+_EXPIRE_ORIGINS = (
+    "DELETE FROM origins WHERE last_used < ?1 AND id IN (SELECT id FROM origins WHERE last_used < ?1 "
+    "AND id < (SELECT max(id) FROM origins) ORDER BY id LIMIT ?2)"
+)
 
 # Column references in SET see the row as it was before the update. The
 # parameters: 1 ts, 2 unit, 3 value, 4 count, 5 first seen, 6 last seen,
@@ -636,6 +650,7 @@ class SQLiteStore(Store):
         self._sensorsByName: Dict[str, SensorState] = {}
         self._seriesByKey: Dict[Tuple[str, str], SeriesEntry] = {}
         self._originsByKey: Dict[Tuple[str, str, str], int] = {}
+        self._originUse: Dict[int, int] = {}
 
     def _sensorState(self, db: sqlite3.Connection, name: str) -> SensorState:
         state = self._sensorsByName.get(name)
@@ -710,63 +725,87 @@ class SQLiteStore(Store):
             db.execute("PRAGMA journal_size_limit=67108864").fetchall()
             self._checkpointer = self._newCheckpointer()
             self._checkpointer.start()
-        seriesCache = self._seriesByKey
         if len(self._originsByKey) > base.ORIGIN_CACHE_LIMIT:
             self._originsByKey.clear()
         try:
-            # The checkpointer's short second pass and the compactor's
-            # transaction take this lock too: neither runs beside a write.
-            with self._writeLock:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    writer, nextId = db.execute("SELECT writer, next_id FROM store_state").fetchone()
-                    if writer != self._token:
-                        # Another process wrote since we last did: what we
-                        # remember of high-water marks may be stale.
-                        self._forget()
-                        seriesCache = self._seriesByKey
-                        db.execute("UPDATE store_state SET writer = ?", (self._token,))
-                    get = seriesCache.get
-
-                    def series(name: str, kind: str) -> SeriesEntry:
-                        entry = get((name, kind))
-                        return entry if entry is not None else self._seriesEntry(db, name, kind)
-
-                    # Chunks that came with their runs are planned per run;
-                    # anything else (and a batch of runs that is not all new
-                    # for sure) reading by reading.
-                    parts = getattr(readings, "parts", None)
-                    fast = (
-                        planRuns(parts, len(readings), seriesCache, self._originsByKey, nextId)
-                        if parts else None
-                    )
-                    if fast is not None:
-                        rows, summaries, following = fast
-                        duplicates: Sequence[int] = ()
-                    else:
-                        plan = planBatch(
-                            readings,
-                            series,
-                            lambda unit, peer, dialect: self._originId(db, unit, peer, dialect),
-                            nextId,
-                            lambda state, lo, hi: self._storedSeqs(db, state, lo, hi),
-                        )
-                        rows, summaries, following = freshRows(plan), summaryRows(plan, readings), plan.nextId
-                        duplicates = plan.duplicates
-                    db.executemany(_INSERT_FRESH, rows)
-                    db.executemany(
-                        _UPDATE_SERIES,
-                        [(u.ts, u.unit, u.value, u.stored, u.firstSeen, u.lastSeen, u.maxSeq, u.series)
-                         for u in summaries],
-                    )
-                    db.execute("UPDATE store_state SET next_id = ?", (following,))
-                    db.execute("COMMIT")
-                except BaseException:
-                    _rollback(db)
-                    self._forget()
-                    raise
+            try:
+                return self._writeOnce(db, readings)
+            except OriginGone:
+                # An origin in memory was deleted as unused meanwhile: the
+                # transaction is rolled back and the caches forgotten, so
+                # the batch is planned again from the database (which
+                # creates the origin anew). Once: it cannot happen twice.
+                return self._writeOnce(db, readings)
         except (sqlite3.Error, OverflowError, UnicodeError) as e:
             raise classify(e) from e
+
+    def _writeOnce(self, db: sqlite3.Connection, readings: Sequence[Reading]) -> WriteResult:
+        """
+        One transaction of L{write}.
+
+        @raise OriginGone: An origin the batch was planned with no longer
+            exists; nothing is committed, the caches are forgotten.
+        """
+        seriesCache = self._seriesByKey
+        # The checkpointer's short second pass and the compactor's
+        # transaction take this lock too: neither runs beside a write.
+        with self._writeLock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                writer, nextId = db.execute("SELECT writer, next_id FROM store_state").fetchone()
+                if writer != self._token:
+                    # Another process wrote since we last did: what we
+                    # remember of high-water marks may be stale.
+                    self._forget()
+                    seriesCache = self._seriesByKey
+                    db.execute("UPDATE store_state SET writer = ?", (self._token,))
+                get = seriesCache.get
+
+                def series(name: str, kind: str) -> SeriesEntry:
+                    entry = get((name, kind))
+                    return entry if entry is not None else self._seriesEntry(db, name, kind)
+
+                # Chunks that came with their runs are planned per run;
+                # anything else (and a batch of runs that is not all new
+                # for sure) reading by reading.
+                parts = getattr(readings, "parts", None)
+                fast = (
+                    planRuns(parts, len(readings), seriesCache, self._originsByKey, nextId)
+                    if parts else None
+                )
+                if fast is not None:
+                    rows, summaries, following, used = fast
+                    duplicates: Sequence[int] = ()
+                else:
+                    plan = planBatch(
+                        readings,
+                        series,
+                        lambda unit, peer, dialect: self._originId(db, unit, peer, dialect),
+                        nextId,
+                        lambda state, lo, hi: self._storedSeqs(db, state, lo, hi),
+                    )
+                    rows, summaries, following = freshRows(plan), summaryRows(plan, readings), plan.nextId
+                    used = originsOf(plan)
+                    duplicates = plan.duplicates
+                now = self.clock()
+                record = self._originsToRecord(used, now)
+                if record:
+                    at = int(now * 1_000_000)
+                    if db.executemany(_ORIGIN_USED, [(at, origin) for origin in record]).rowcount != len(record):
+                        raise OriginGone()
+                db.executemany(_INSERT_FRESH, rows)
+                db.executemany(
+                    _UPDATE_SERIES,
+                    [(u.ts, u.unit, u.value, u.stored, u.firstSeen, u.lastSeen, u.maxSeq, u.series)
+                     for u in summaries],
+                )
+                db.execute("UPDATE store_state SET next_id = ?", (following,))
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                self._forget()
+                raise
+        self._originsRecorded(record, now)
         return WriteResult(len(readings) - len(duplicates), len(duplicates), tuple(duplicates))
 
     # -- reading ------------------------------------------------------------
@@ -1002,6 +1041,21 @@ class SQLiteStore(Store):
         if resume is not None:
             return resume, deleted
         return (series[-1][0] if len(series) == limit else 0), deleted
+
+    def expireOrigins(self, before: float, limit: int) -> int:
+        db = self._connection()
+        try:
+            with self._writeLock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted = db.execute(_EXPIRE_ORIGINS, (int(before * 1_000_000), limit)).rowcount
+                    db.execute("COMMIT")
+                except BaseException:
+                    _rollback(db)
+                    raise
+        except sqlite3.Error as e:
+            raise classify(e) from e
+        return int(deleted)
 
     def fleetStats(self) -> Dict[str, int]:
         try:

@@ -1,0 +1,10 @@
+-- sensornet schema, version 5, SQLite: when each origin was last used.
+-- An origin names a connection's (unit, peer, dialect), the peer with its
+-- port, so every reconnection adds one. The writer records, at most once an
+-- hour per origin, when it last stored a reading from it (microseconds);
+-- the maintenance thread deletes origins unused for longer than any raw
+-- reading that could name them is kept (see docs/storage.md, "Origins"),
+-- so the table is bounded by what retention keeps. Origins already here
+-- count as used now.
+ALTER TABLE origins ADD COLUMN last_used INTEGER;
+UPDATE origins SET last_used = CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER);
