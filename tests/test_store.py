@@ -465,3 +465,18 @@ def test_an_origin_records_its_use_once_an_hour_and_one_unused_expires(store) ->
     assert origins()[b][0] > first[b][0]
     [row] = store.readings(sensor="b2", limit=10)
     assert row["peer"] == b
+
+
+def test_a_fleets_origins_record_their_use_spread_over_the_hour() -> None:
+    """
+    Each origin's hour turns at its own second: of 360 origins ten ids
+    apart, one turns in each ten seconds of an hour, never all at once (which would make a burst of updates at every turn of the hour).
+    """
+    from sensornet.store.base import _usePeriod
+
+    now = 1_790_000_000.0
+    turning = [
+        sum(_usePeriod(origin, now + t) != _usePeriod(origin, now + t + 10) for origin in range(7, 7 + 3600, 10))
+        for t in range(0, 3600, 10)
+    ]
+    assert turning == [1] * 360

@@ -54,6 +54,16 @@ ORIGIN_CACHE_LIMIT = 100_000
 ORIGIN_USE_PERIOD = 3600.0
 
 
+def _usePeriod(origin: int, now: float) -> int:
+    """
+    The L{ORIGIN_USE_PERIOD} of C{origin} that C{now} falls in. Each origin's
+    periods start at their own second of the hour, so that a fleet's
+    origins are recorded spread over the hour, not all in the batches just
+    after it turns (19,000 updates in two seconds, at 20,000 sensors).
+    """
+    return int((now + origin % ORIGIN_USE_PERIOD) // ORIGIN_USE_PERIOD)
+
+
 class OriginGone(Exception):
     """
     An origin the writer had in memory was deleted meanwhile (unused for
@@ -230,20 +240,18 @@ class Store:
         Those of the origins C{used} by a batch written at C{now} whose use
         this period is not recorded yet.
         """
-        period = int(now // ORIGIN_USE_PERIOD)
         recorded = self._originUse
-        return [origin for origin in used if recorded.get(origin) != period]
+        return [origin for origin in used if recorded.get(origin) != _usePeriod(origin, now)]
 
     def _originsRecorded(self, origins: Iterable[int], now: float) -> None:
         """
         Remember that the use of C{origins} at C{now} is committed.
         """
-        period = int(now // ORIGIN_USE_PERIOD)
         recorded = self._originUse
         if len(recorded) > ORIGIN_CACHE_LIMIT:
             recorded.clear()
         for origin in origins:
-            recorded[origin] = period
+            recorded[origin] = _usePeriod(origin, now)
 
     def open(self) -> None:
         """
