@@ -38,7 +38,43 @@ Run = Tuple[Tuple[str, str, str], List[int], List[float], List[Optional[int]], L
 _NS_PER_SECOND = 1_000_000_000
 
 
-class ChunkReadings(Sequence[Reading]):
+class _MadeOnDemand(Sequence[Reading]):
+    """
+    A sequence of L{Reading}s that are made by L{readings} the first time
+    anything reads them; equal to any list or such sequence of the same
+    readings.
+    """
+
+    __slots__ = ()
+
+    def readings(self) -> List[Reading]:
+        raise NotImplementedError()
+
+    @overload
+    def __getitem__(self, index: int) -> Reading: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List[Reading]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[Reading, List[Reading]]:
+        return self.readings()[index]
+
+    def __iter__(self) -> Iterator[Reading]:
+        return iter(self.readings())
+
+    def __eq__(self, other: object) -> bool:
+        # As a list of its readings: what tests and callers compare.
+        if isinstance(other, (list, _MadeOnDemand)):
+            return self.readings() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.readings()!r})"
+
+
+class ChunkReadings(_MadeOnDemand):
     """
     The readings of one chunk, in line order, as runs; a sequence of
     L{Reading}s, made on first use and kept.
@@ -89,29 +125,6 @@ class ChunkReadings(Sequence[Reading]):
     def __len__(self) -> int:
         return len(self.seqs)
 
-    @overload
-    def __getitem__(self, index: int) -> Reading: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> List[Reading]: ...
-
-    def __getitem__(self, index: Union[int, slice]) -> Union[Reading, List[Reading]]:
-        return self.readings()[index]
-
-    def __iter__(self) -> Iterator[Reading]:
-        return iter(self.readings())
-
-    def __eq__(self, other: object) -> bool:
-        # As a list of its readings: what tests and callers compare.
-        if isinstance(other, (list, ChunkReadings, BatchReadings)):
-            return self.readings() == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"ChunkReadings({self.readings()!r})"
-
     def cut(self, start: int, end: int) -> "ChunkReadings":
         """
         The readings from C{start} up to C{end}, as runs (what a batch takes
@@ -135,7 +148,7 @@ class ChunkReadings(Sequence[Reading]):
         return part
 
 
-class BatchReadings(Sequence[Reading]):
+class BatchReadings(_MadeOnDemand):
     """
     The readings of one write batch, with the chunks they came from while
     every one came with its runs; a sequence of L{Reading}s, made on first
@@ -181,25 +194,3 @@ class BatchReadings(Sequence[Reading]):
 
     def __len__(self) -> int:
         return self._size
-
-    @overload
-    def __getitem__(self, index: int) -> Reading: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> List[Reading]: ...
-
-    def __getitem__(self, index: Union[int, slice]) -> Union[Reading, List[Reading]]:
-        return self.readings()[index]
-
-    def __iter__(self) -> Iterator[Reading]:
-        return iter(self.readings())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (list, ChunkReadings, BatchReadings)):
-            return self.readings() == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"BatchReadings({self.readings()!r})"

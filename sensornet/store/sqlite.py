@@ -1046,13 +1046,9 @@ class SQLiteStore(Store):
         db = self._connection()
         try:
             with self._writeLock:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    deleted = db.execute(_EXPIRE_ORIGINS, (int(before * 1_000_000), limit)).rowcount
-                    db.execute("COMMIT")
-                except BaseException:
-                    _rollback(db)
-                    raise
+                # One statement: a transaction of its own, under the lock
+                # the writer and the compactor take.
+                deleted = db.execute(_EXPIRE_ORIGINS, (int(before * 1_000_000), limit)).rowcount
         except sqlite3.Error as e:
             raise classify(e) from e
         return int(deleted)
