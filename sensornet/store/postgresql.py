@@ -141,7 +141,7 @@ _INSERT_ORIGINS = (
 _EXPIRE_ORIGINS = (
     "DELETE FROM origins WHERE last_used < %(before)s AND id IN (SELECT id FROM origins "
     "WHERE last_used < %(before)s "
-    "AND id < (SELECT max(id) FROM origins) ORDER BY id LIMIT %(limit)s)"
+    "AND id < (SELECT max(id) FROM origins) ORDER BY last_used LIMIT %(limit)s)"
 )
 # When origins were last used (see base.ORIGIN_USE_PERIOD): the ids found.
 _ORIGIN_USED = "UPDATE origins SET last_used = %s WHERE id = ANY(%s) RETURNING id"

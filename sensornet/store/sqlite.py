@@ -79,7 +79,7 @@ _ORIGIN_USED = "UPDATE origins SET last_used = ?1 WHERE id = ?2"
 # whose use was never recorded (NULL) is kept.
 _EXPIRE_ORIGINS = (
     "DELETE FROM origins WHERE last_used < ?1 AND id IN (SELECT id FROM origins WHERE last_used < ?1 "
-    "AND id < (SELECT max(id) FROM origins) ORDER BY id LIMIT ?2)"
+    "AND id < (SELECT max(id) FROM origins) ORDER BY last_used LIMIT ?2)"
 )
 
 # Column references in SET see the row as it was before the update. The

@@ -4,7 +4,10 @@
 -- hour per origin, when it last stored a reading from it (microseconds);
 -- the maintenance thread deletes origins unused for longer than any raw
 -- reading that could name them is kept (see docs/storage.md, "Origins"),
--- so the table is bounded by what retention keeps. Origins already here,
+-- so the table is bounded by what retention keeps. The index finds those
+-- without a scan of every origin (a reconnecting fleet's table can hold
+-- hundreds of thousands) while the writer waits. Origins already here,
 -- and new ones, count as used when created.
 ALTER TABLE origins ADD COLUMN last_used bigint NOT NULL
     DEFAULT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+CREATE INDEX origins_last_used ON origins (last_used);
