@@ -51,11 +51,10 @@ from zope.interface import implementer
 from .accounting import ChunkAccounting
 from .dialects import MAX_LINE_LENGTH, isWholeSeedMessage, parseLine
 from .dialects.native import parseCanonicalChunk
-from .dialects._common import NS_PER_SECOND
 from .directwrite import writeNow
 from .interfaces import IChunkObserver, IPressureObserver, IReadingSink
 from .metrics import ServerMetrics
-from .reading import EMPTY_LINE, LineError, Reading
+from .reading import EMPTY_LINE, NS_PER_SECOND, LineError, Reading
 from .runs import ChunkReadings
 from .wire import (
     ACK_PREFIX,

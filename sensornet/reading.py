@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["Reading", "LineError", "DIALECTS", "EMPTY_LINE"]
+__all__ = ["Reading", "LineError", "DIALECTS", "EMPTY_LINE", "NS_PER_SECOND"]
 
 #: The line dialects a server understands, by the name used in logs, metrics
 #: and the C{dialect} attribute of a L{Reading}.
 DIALECTS = ("seed", "native", "graphite")
+
+#: Nanoseconds in a second: a line's time in nanoseconds divided (int by
+#: int) by this is its L{Reading}'s C{ts}. The parser, the runs that stand
+#: in for readings and the store's runs rows all convert with it.
+NS_PER_SECOND = 1_000_000_000
 
 
 class Reading:

@@ -24,7 +24,7 @@ from itertools import repeat
 from operator import itemgetter, sub
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
-from .reading import Reading
+from .reading import NS_PER_SECOND, Reading
 
 __all__ = ["Run", "ChunkReadings", "BatchReadings"]
 
@@ -33,9 +33,6 @@ __all__ = ["Run", "ChunkReadings", "BatchReadings"]
 #: nanoseconds as the line gave it (its L{Reading}'s C{ts} is that divided
 #: by 1_000_000_000; L{None} for none).
 Run = Tuple[Tuple[str, str, str], List[int], List[float], List[Optional[int]], List[Optional[int]]]
-
-# The parser's conversion of a line's nanoseconds to a Reading's seconds.
-_NS_PER_SECOND = 1_000_000_000
 
 
 class _MadeOnDemand(Sequence[Reading]):
@@ -118,7 +115,7 @@ class ChunkReadings(_MadeOnDemand):
         for (sensor, kind, unit), positions, values, seqs, times in self.runs.values():
             for index, value, seq, ns in zip(positions, values, seqs, times):
                 out[index] = Reading(
-                    sensor, kind, value, unit, None if ns is None else ns / _NS_PER_SECOND, seq, "native", peer, at,
+                    sensor, kind, value, unit, None if ns is None else ns / NS_PER_SECOND, seq, "native", peer, at,
                 )
         return out
 

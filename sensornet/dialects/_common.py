@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from ..reading import NS_PER_SECOND  # noqa: F401 (the dialects' name for it)
+
 #: Longest sensor name, in characters (not bytes).
 MAX_SENSOR = 128
 #: Longest kind, in characters, after lower-casing.
@@ -30,8 +32,6 @@ IMPLIED_UNITS = {"temperature": "C", "humidity": "%"}
 MAX_SECONDS = 9223372036.0
 MIN_SECONDS = -MAX_SECONDS
 MAX_NS = 9223372036 * 10**9
-#: Nanoseconds in a second: the native dialect's timestamp unit.
-NS_PER_SECOND = 1_000_000_000
 MIN_NS = -MAX_NS
 
 #: Upper bound (exclusive) of a C{seq}.

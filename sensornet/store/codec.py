@@ -41,6 +41,8 @@ from array import array
 from functools import lru_cache
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
+from ..reading import NS_PER_SECOND
+
 __all__ = [
     "Columns",
     "Rollup",
@@ -237,10 +239,9 @@ NO_TIME = -(2**63)
 #: number of readings.
 _RUN_HEAD = struct.Struct("<qqiI")
 
-# The parser's conversions, kept exactly: a reading's time in seconds is
-# C{ns / 1_000_000_000} (int by int), and a store's microseconds are that
+# The parser's conversions are kept exactly: a reading's time in seconds is
+# C{ns / NS_PER_SECOND} (int by int), and a store's microseconds are that
 # times a million, rounded (layout.toMicroseconds).
-_NS_PER_SECOND = 1_000_000_000
 
 
 @lru_cache(maxsize=512)
@@ -284,11 +285,11 @@ def nanosecondsToMicroseconds(times: List[int], received: List[int]) -> List[int
     """
     if NO_TIME in times:
         return [
-            r if t == NO_TIME else round(t / _NS_PER_SECOND * 1_000_000) for t, r in zip(times, received)
+            r if t == NO_TIME else round(t / NS_PER_SECOND * 1_000_000) for t, r in zip(times, received)
         ]
     # The same arithmetic in C: each time divided (int by int, correctly
     # rounded), multiplied, rounded to an int.
-    return list(map(round, map(mul, map(truediv, times, repeat(_NS_PER_SECOND)), repeat(1_000_000))))
+    return list(map(round, map(mul, map(truediv, times, repeat(NS_PER_SECOND)), repeat(1_000_000))))
 
 
 def decodeRuns(rows: Sequence[bytes]) -> Columns:

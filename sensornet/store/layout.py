@@ -29,13 +29,13 @@ a slow path only resends take.
 
 from __future__ import annotations
 
-from itertools import chain, islice, repeat
-from operator import lt, mul
+from itertools import chain, islice
+from operator import lt
 from typing import (
     TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple,
 )
 
-from ..reading import Reading
+from ..reading import NS_PER_SECOND, Reading
 from .base import StoreRejected
 from .codec import (
     NO_SEQ,
@@ -243,8 +243,8 @@ def originsOf(plan: BatchPlan) -> Set[int]:
 
 def _microseconds(ns: int) -> int:
     # A parsed time's microseconds, exactly as toMicroseconds gives them for
-    # the reading's float seconds (ns / 1_000_000_000).
-    return round(ns / 1_000_000_000 * 1_000_000)
+    # the reading's float seconds (ns / NS_PER_SECOND).
+    return round(ns / NS_PER_SECOND * 1_000_000)
 
 
 def planRuns(
